@@ -1,0 +1,108 @@
+"""Tokenizer, image processor and ``GeoRSCLIPProcessor``: open_clip-exact inputs from HF components.
+
+- Text: the OpenAI CLIP BPE tokenizer shipped as package data (no download), preceded by open_clip's
+  caption cleaning (ftfy + double HTML unescape + whitespace collapse), so token ids equal
+  ``open_clip.tokenize`` — context 77, truncation keeps ``<sot>`` + 75 tokens + ``<eot>``.
+- Images: transformers' PIL-backend CLIP image processor (bicubic shortest-edge resize, centre crop,
+  normalise), bit-identical to open_clip's validation transform, after ``imaging.to_rgb`` turned RGBA,
+  16-bit, single-band, palette and CMYK inputs into correct 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ftfy
+from transformers import CLIPProcessor, CLIPTokenizer
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from .imaging import load_image
+
+TOKENIZER_DIR = Path(__file__).parent / "tokenizer_data"
+CONTEXT_LENGTH = 77
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# Channel statistics of RS5M and its subsets (RS5M paper); "clip" is the default because the published
+# GeoRSCLIP numbers were produced with the OpenAI statistics.
+NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": (OPENAI_MEAN, OPENAI_STD),
+    "rs5m": ((0.406, 0.423, 0.390), (0.188, 0.175, 0.185)),
+    "pub11": ((0.445, 0.469, 0.441), (0.208, 0.193, 0.213)),
+    "rs3": ((0.350, 0.356, 0.316), (0.158, 0.147, 0.143)),
+}
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """open_clip's caption cleaning: ftfy fix, HTML-unescape twice, collapse whitespace, strip."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def load_tokenizer(path: str | os.PathLike | None = None) -> CLIPTokenizer:
+    """The OpenAI CLIP BPE tokenizer (49,408 ids, context 77) from package data, or from ``path``."""
+    return CLIPTokenizer.from_pretrained(str(path or TOKENIZER_DIR), model_max_length=CONTEXT_LENGTH)
+
+
+def make_image_processor(image_size: int = 224, preset: str = "clip") -> CLIPImageProcessorPil:
+    """CLIP image processor for ``image_size`` with the named normalisation preset."""
+    if preset not in NORMALIZATION_PRESETS:
+        raise ValueError(f"unknown normalisation preset {preset!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
+    mean, std = NORMALIZATION_PRESETS[preset]
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+class GeoRSCLIPProcessor(CLIPProcessor):
+    """A ``CLIPProcessor`` that cleans captions like open_clip and reads any remote-sensing image.
+
+    ``images`` may be PIL images, paths or raw bytes; ``text`` a string or list of strings. Saved folders
+    hold a plain ``CLIPProcessor`` so that stock transformers (and Hub widgets) load them.
+    """
+
+    @classmethod
+    def default(cls, image_size: int = 224, preset: str = "clip") -> GeoRSCLIPProcessor:
+        """The processor every GeoRSCLIP checkpoint uses, built from package data (no download)."""
+        return cls(image_processor=make_image_processor(image_size, preset), tokenizer=load_tokenizer())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> GeoRSCLIPProcessor:
+        """Load a saved CLIP processor, keeping its settings but using the PIL backend (open_clip-exact)."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if not isinstance(processor.image_processor, CLIPImageProcessorPil):
+            settings = processor.image_processor.to_dict()
+            settings.pop("image_processor_type", None)
+            processor.image_processor = CLIPImageProcessorPil(**settings)
+        return processor
+
+    def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, **kwargs):
+        if text is not None:
+            text = clean_text(text) if isinstance(text, str) else [clean_text(t) for t in text]
+            kwargs.setdefault("padding", True)
+            kwargs.setdefault("truncation", True)
+            kwargs.setdefault("max_length", CONTEXT_LENGTH)
+        if images is not None:
+            many = isinstance(images, (list, tuple))
+            images = [load_image(im) for im in images] if many else load_image(images)
+        return super().__call__(images=images, text=text, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """Save as a stock ``CLIPProcessor`` (plus vocab.json/merges.txt for older readers)."""
+        plain = CLIPProcessor(image_processor=self.image_processor, tokenizer=self.tokenizer)
+        result = plain.save_pretrained(save_directory, **kwargs)
+        for name in ("vocab.json", "merges.txt"):
+            source = TOKENIZER_DIR / name
+            if source.exists() and not (Path(save_directory) / name).exists():
+                (Path(save_directory) / name).write_bytes(source.read_bytes())
+        return result
