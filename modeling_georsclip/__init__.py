@@ -6,7 +6,13 @@
 """
 
 from .modeling import GeoRSCLIPModel, pooled
-from .processing import NORMALIZATION_PRESETS, GeoRSCLIPProcessor, clean_text, load_tokenizer, make_image_processor
+from .processing import (
+    NORMALIZATION_PRESETS,
+    GeoRSCLIPProcessor,
+    clean_text,
+    load_tokenizer,
+    make_image_processor,
+)
 
 __version__ = "0.1.0"
 __all__ = [
