@@ -471,17 +471,18 @@ def validate_state_dict(state: Mapping[str, torch.Tensor], spec: ArchSpec, label
     extra = [k for k in state if k not in expected and k not in _METADATA_KEYS and k not in _IGNORED_BUFFERS]
     missing = [k for k in expected if k not in state]
     hint = _arch_hint(state, spec)
+    for key, shape in expected.items():
+        if key in state and tuple(state[key].shape) != shape:
+            raise ConversionError(
+                f"{label}: key {key!r} has shape {tuple(state[key].shape)}, --arch {spec.name} expects {shape}{hint}"
+            )
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
         raise ConversionError(f"{label}: unexpected key {extra[0]!r}{more} for --arch {spec.name}{hint}")
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConversionError(f"{label}: missing key {missing[0]!r}{more} for --arch {spec.name}{hint}")
-    for key, shape in expected.items():
-        if tuple(state[key].shape) != shape:
-            raise ConversionError(
-                f"{label}: key {key!r} has shape {tuple(state[key].shape)}, --arch {spec.name} expects {shape}{hint}"
-            )
+    for key in expected:
         if not state[key].is_floating_point():
             raise ConversionError(f"{label}: key {key!r} holds {state[key].dtype} values, expected floating point")
 
