@@ -409,8 +409,8 @@ def read_checkpoint(path: Path, label: str | None = None) -> dict[str, Any]:
         if isinstance(err, EOFError) or "Ran out of input" in message or "truncated" in message.lower():
             raise ConversionError(f"checkpoint {label} is truncated (the pickle ends early)") from err
         raise ConversionError(
-            f"{label} is not a PyTorch or safetensors checkpoint ({type(err).__name__}: "
-            f"{message.strip().splitlines()[0] if message.strip() else 'unreadable'})"
+            f"{label} is not a PyTorch or safetensors checkpoint (neither a torch.save zip archive, a pickle "
+            "nor a safetensors file)"
         ) from err
     if not isinstance(obj, Mapping):
         raise ConversionError(f"checkpoint {label} holds a {type(obj).__name__}, not a state dict")
