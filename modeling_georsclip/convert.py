@@ -406,6 +406,12 @@ def read_checkpoint(path: Path, label: str | None = None) -> dict[str, Any]:
             ) from err
         if is_zip:
             raise ConversionError(f"checkpoint {label} is truncated or corrupt ({message.splitlines()[0]})") from err
+        reason = re.search(r"WeightsUnpickler error: \s*(.+)", message)
+        if head[:1] == b"\x80" and reason:  # a pickle, but not one weights_only can read safely
+            raise ConversionError(
+                f"checkpoint {label} is a Python pickle that weights_only loading refuses "
+                f"({reason.group(1).strip()}); re-save the tensors with torch.save(state_dict, path)"
+            ) from err
         if isinstance(err, EOFError) or "Ran out of input" in message or "truncated" in message.lower():
             raise ConversionError(f"checkpoint {label} is truncated (the pickle ends early)") from err
         raise ConversionError(

@@ -88,8 +88,13 @@ def test_pickle_holding_objects_is_refused(tmp_path, tiny, capsys):
 def test_legacy_pickle_with_code_is_refused(tmp_path, tiny, capsys):
     evil = tmp_path / "legacy.pkl"
     with open(evil, "wb") as handle:
-        pickle.dump({"w": Payload()}, handle)
+        pickle.dump({"w": Payload()}, handle, protocol=2)
     out = tmp_path / "out"
+    line = run_failing(["--checkpoint", str(evil), "--arch", str(tiny[1]), "--output", str(out)], capsys)
+    assert "weights_only" in line and "Payload" in line and "legacy.pkl" in line
+    assert_no_output(out)
+    with open(evil, "wb") as handle:  # protocol 4 framing is refused by the weights_only unpickler itself
+        pickle.dump({"w": Payload()}, handle, protocol=4)
     line = run_failing(["--checkpoint", str(evil), "--arch", str(tiny[1]), "--output", str(out)], capsys)
     assert "weights_only" in line and "legacy.pkl" in line
     assert_no_output(out)
