@@ -58,6 +58,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .hub import write_model_card
 from .log import get_logger
 
 logger = get_logger(__name__)
@@ -624,23 +625,8 @@ def _write_card(folder: Path, *, model_name: str, known: KnownCheckpoint | None,
                 provenance: dict[str, Any], description: str) -> None:
     base_model = known.base_model if known else None
     license = license or (known.license if known else "other")
-    try:
-        from .hub import write_model_card
-    except ImportError:
-        write_model_card = None
-    if write_model_card is not None:
-        write_model_card(folder, model_name=model_name, base_model=base_model, license=license,
-                         provenance=provenance, description=description)
-        return
-    # FALLBACK (until modeling_georsclip.hub lands): a minimal card with the same front matter.
-    logger.warning("modeling_georsclip.hub is missing: writing a minimal fallback model card")
-    lines = ["---", "library_name: transformers", "pipeline_tag: zero-shot-image-classification",
-             f"license: {license}"]
-    if base_model:
-        lines.append(f"base_model: {base_model}")
-    lines += ["tags:", "- clip", "- remote-sensing", "---", "", f"# {model_name}", "", description, "",
-              "## Conversion provenance", "", "```json", json.dumps(provenance, indent=2, default=str), "```", ""]
-    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    write_model_card(folder, model_name=model_name, base_model=base_model, license=license,
+                     provenance=provenance, description=description)
 
 
 # -------------------------------------------------------------------------------------------------- driver

@@ -23,6 +23,9 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
     except OSError as err:
         raise OSError(f"cannot write output folder {final}: {err.strerror or err}") from err
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; the final folder gets normal permissions
     try:
         yield tmp
         if final.exists():

@@ -51,12 +51,35 @@ def load_tokenizer(path: str | os.PathLike | None = None) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(path or TOKENIZER_DIR), model_max_length=CONTEXT_LENGTH)
 
 
-def make_image_processor(image_size: int = 224, preset: str = "clip") -> CLIPImageProcessorPil:
+class OpenCLIPImageProcessor(CLIPImageProcessorPil):
+    """transformers' PIL CLIP processor with torchvision's centre-crop rounding (open_clip-exact).
+
+    transformers crops at ``int(margin / 2)``, torchvision's ``CenterCrop`` (open_clip) at
+    ``round(margin / 2)``; when the margin is 3 mod 4 pixels the two differ by one pixel. The saved
+    ``image_processor_type`` stays ``CLIPImageProcessor`` so that stock transformers loads the folder
+    (it then crops with its own rounding: a one-pixel shift on some image sizes, nothing else).
+    """
+
+    def center_crop(self, image, size, **kwargs):
+        height, width = image.shape[-2:]
+        if size.height is None or size.width is None or size.height > height or size.width > width:
+            return super().center_crop(image, size, **kwargs)
+        top = int(round((height - size.height) / 2.0))
+        left = int(round((width - size.width) / 2.0))
+        return image[..., top : top + size.height, left : left + size.width]
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["image_processor_type"] = "CLIPImageProcessor"
+        return output
+
+
+def make_image_processor(image_size: int = 224, preset: str = "clip") -> OpenCLIPImageProcessor:
     """CLIP image processor for ``image_size`` with the named normalisation preset."""
     if preset not in NORMALIZATION_PRESETS:
         raise ValueError(f"unknown normalisation preset {preset!r}; choose one of {sorted(NORMALIZATION_PRESETS)}")
     mean, std = NORMALIZATION_PRESETS[preset]
-    return CLIPImageProcessorPil(
+    return OpenCLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=list(mean),
@@ -80,10 +103,10 @@ class GeoRSCLIPProcessor(CLIPProcessor):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> GeoRSCLIPProcessor:
         """Load a saved CLIP processor, keeping its settings but using the PIL backend (open_clip-exact)."""
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if not isinstance(processor.image_processor, CLIPImageProcessorPil):
+        if not isinstance(processor.image_processor, OpenCLIPImageProcessor):
             settings = processor.image_processor.to_dict()
             settings.pop("image_processor_type", None)
-            processor.image_processor = CLIPImageProcessorPil(**settings)
+            processor.image_processor = OpenCLIPImageProcessor(**settings)
         return processor
 
     def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, **kwargs):

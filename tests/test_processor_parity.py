@@ -1,12 +1,9 @@
 """Our image processor against open_clip's validation transform on real remote-sensing images.
 
 Tolerance: 1e-6 (float round-off). transformers' PIL-backend CLIP processor resizes with the same
-Pillow bicubic call as open_clip, so the pixels are bit-identical (measured max difference 0.0) -- except
-for one known transformers difference: its centre crop offset is ``int(margin / 2)`` while torchvision's
-``CenterCrop`` (open_clip) uses ``round(margin / 2)`` (half to even). When the resized long side exceeds the
-crop by a margin of 3 mod 4 pixels, the crop is shifted by one pixel. Those images are marked
-``xfail(strict=True)`` below so that the test starts failing (and the mark must go) once the processor
-crops like torchvision.
+Pillow bicubic call as open_clip; our subclass also crops with torchvision's rounding (``round(margin/2)``
+instead of transformers' ``int(margin/2)``), so the pixels are bit-identical (measured max difference 0.0).
+Images whose crop margin is 3 mod 4 pixels -- where the two roundings differ -- are checked explicitly.
 """
 
 from __future__ import annotations
@@ -49,14 +46,13 @@ def crop_offsets_differ(path: Path, size: int = 224) -> bool:
     return round(margin / 2) != margin // 2
 
 
-CROP_XFAIL = pytest.mark.xfail(
-    strict=True, reason="transformers centre-crops at int(margin/2), torchvision at round(margin/2): 1-pixel shift"
-)
-PARAMS = [pytest.param(p, id=p.name, marks=[CROP_XFAIL] if crop_offsets_differ(p) else []) for p in IMAGES]
+PARAMS = [pytest.param(p, id=p.name) for p in IMAGES]
 
 
 def test_there_are_real_images():
     assert len(IMAGES) >= 30
+    # the rounding-sensitive case must be among them, or the crop fix goes untested
+    assert any(crop_offsets_differ(p) for p in IMAGES)
 
 
 @pytest.fixture(scope="module")
