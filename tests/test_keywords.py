@@ -93,3 +93,22 @@ def test_duckdb_and_python_agree_on_real_captions(tmp_path):
     assert duckdb_rows == python_rows
     assert 0 < len(python_rows) < len(texts)
     assert re.compile(keyword_regex()).pattern.startswith("(?i)")
+
+
+def test_img2dataset_command_and_missing_package(tmp_path):
+    from modeling_georsclip.data import img2dataset as i2d
+
+    argv = i2d.img2dataset_command("rs.parquet", "shards", url_col="URL", caption_col="TEXT",
+                                   distributor="pyspark", save_additional_columns=["similarity"])
+    flags = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert argv[0] == "img2dataset"
+    assert flags["--url_list"] == "rs.parquet" and flags["--url_col"] == "URL" and flags["--caption_col"] == "TEXT"
+    assert flags["--distributor"] == "pyspark" and flags["--output_format"] == "webdataset"
+    assert flags["--save_additional_columns"] == '["similarity"]'
+    with pytest.raises(ValueError, match="distributor"):
+        i2d.img2dataset_kwargs("a", "b", distributor="dask")
+    try:
+        import img2dataset  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install img2dataset"):
+            i2d.run_img2dataset("rs.parquet", tmp_path / "shards")
