@@ -397,3 +397,24 @@ def test_push_without_network_fails_with_one_clear_error(built, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="someone/rs5m"):
         push_dataset(built[0], "someone/rs5m")
+
+
+def test_csv_file_outside_the_image_folder_is_rejected(tmp_path):
+    (tmp_path / "images").mkdir()
+    captions = write_csv(tmp_path / "c.csv", ["file", "caption"], [["../secret.jpg", "x"]])
+    with pytest.raises(ValueError, match=r"c.csv: file '../secret.jpg' points outside"):
+        list(csv_items(captions, tmp_path / "images", "s"))
+
+
+def test_decompression_bombs_are_skipped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "ok.png").write_bytes(noise_image(1, size=20))  # 400 px
+    (images / "warn.png").write_bytes(noise_image(2, size=40))  # 1,600 px: Pillow only warns; we refuse
+    (images / "bomb.png").write_bytes(noise_image(3, size=80))  # 6,400 px: DecompressionBombError
+    captions = write_csv(tmp_path / "c.csv", ["file", "caption"],
+                         [["ok.png", "a"], ["warn.png", "b"], ["bomb.png", "c"]])
+    result = build(csv_factory(captions, images), tmp_path / "out", config="rs3", split="train", shard_size=5)
+    assert result.report.invalid_by_kind == {"decompression_bomb": 2}
+    assert [r["key"] for r in shard_rows(tmp_path / "out", "rs3", "train")] == ["ok.png"]
