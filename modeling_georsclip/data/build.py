@@ -1,0 +1,422 @@
+"""Build RS5M-style parquet shards with the paper's curation steps; resumable, deterministic, parallel.
+
+    python -m modeling_georsclip.data.build --captions captions.csv --images images/ --output rs5m \\
+        --config pub11 --split train --shard-size 10000 --workers 8 --filters keyword,invalid,dedup
+
+Inputs: ``--captions CSV --images DIR``, ``--rs5m-tars GLOB`` (release tars), or ``--image-folder DIR``
+with ``--labels CSV`` or ``--captioner MODEL``. Output: ``OUT/data/{config}/{split}-NNNNN.parquet``,
+``OUT/build_reports/{config}-{split}.json`` and the dataset card ``OUT/README.md``; then
+``datasets.load_dataset(OUT, config, split=split)`` works, streaming or not.
+
+Order is the input order; decoding, validation and hashing run in ``--workers`` processes (results are
+consumed in order, so the output does not depend on the worker count). A killed build rerun with the same
+arguments resumes from its last recorded shard and produces the same shards as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..imaging import load_image
+from ..io import write_text_atomic
+from ..log import get_logger
+from .filters import (
+    PERCEPTUAL_HASHES,
+    CurationReport,
+    DuplicateFilter,
+    FilterSettings,
+    OutlierFilter,
+    content_hash,
+    keyword_filter,
+)
+from .geometa import GEO_COLUMNS, parse_geo_metadata
+from .shards import BuildProgress, check_name
+from .sources import Item, PipelineCaptioner, csv_items, folder_items, tar_items
+
+logger = get_logger(__name__)
+
+# Images the outlier scorer sees at once; shards close only between scoring batches (so a shard may exceed
+# --shard-size by up to this many images' captions) to keep a resumed build's batches identical.
+OUTLIER_BATCH = 32
+THUMBNAIL_SIDE = 448
+
+
+@dataclass
+class Prepared:
+    """What a worker learned about one item (no decoded pixels cross processes, only a thumbnail)."""
+
+    index: int
+    key: str
+    pairs_in: int
+    after_keyword: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)  # pairs removed, by kind
+    rows: list[dict] = field(default_factory=list)  # pairs kept so far (geo-metadata filled), no image
+    image_bytes: bytes = b""
+    digest: bytes = b""
+    perceptual: int | None = None
+    thumbnail: Image.Image | None = None
+
+
+def _invalid_kind(err: BaseException) -> str:
+    text = str(err).lower()
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "decompression_bomb"
+    if "0 bytes" in text:
+        return "empty_file"
+    if "truncated" in text:
+        return "truncated"
+    if "cannot identify" in text:
+        return "not_an_image"
+    if isinstance(err, FileNotFoundError):
+        return "missing_file"
+    return "unreadable"
+
+
+def prepare(item: Item, settings: FilterSettings) -> Prepared:
+    """Keyword filter, caption validation, full image decode, hashes: everything per-image and stateless."""
+    result = Prepared(index=item.index, key=item.key, pairs_in=len(item.captions))
+    captions = item.captions
+    if settings.on("keyword"):
+        captions = [c for c in captions if keyword_filter([c["caption"]], settings.keywords)]
+    result.after_keyword = len(captions)
+    if not captions:
+        return result
+    valid = [c for c in captions if c["caption"] and c["caption"].strip()]
+    if len(valid) < len(captions):
+        result.invalid["empty_caption"] = len(captions) - len(valid)
+    if not valid:
+        return result
+    try:
+        data = item.image if isinstance(item.image, bytes) else Path(item.image).read_bytes()
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a builder must not decode those.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = load_image(data)
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        kind = _invalid_kind(err)
+        result.invalid[kind] = result.invalid.get(kind, 0) + len(valid)
+        return result
+    result.image_bytes = data
+    result.digest = content_hash(data)
+    if settings.on("dedup") and settings.near_threshold is not None:
+        result.perceptual = PERCEPTUAL_HASHES[settings.perceptual_hash](image)
+    if settings.on("outlier"):
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        result.thumbnail = image
+    for caption in valid:
+        row = {"caption": caption["caption"].strip(), "source": caption["source"], "key": item.key}
+        parsed = parse_geo_metadata(row["caption"])
+        for name in GEO_COLUMNS:
+            row[name] = caption[name] if caption.get(name) is not None else parsed[name]
+        result.rows.append(row)
+    return result
+
+
+class _Prepare:
+    """Picklable ``prepare`` bound to the settings (for the process pool)."""
+
+    def __init__(self, settings: FilterSettings):
+        self.settings = settings
+
+    def __call__(self, item: Item) -> Prepared:
+        return prepare(item, self.settings)
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    config: str
+    split: str
+    report: CurationReport
+    shards: list[str]
+    rows: int
+
+
+def _fingerprint(description: dict) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_identity(path: str | os.PathLike) -> dict:
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def build(
+    items_factory: Callable[[int], Iterable[Item]],
+    out: str | os.PathLike,
+    *,
+    config: str,
+    split: str,
+    shard_size: int,
+    settings: FilterSettings | None = None,
+    outlier: OutlierFilter | None = None,
+    workers: int = 1,
+    input_description: dict | None = None,
+    overwrite: bool = False,
+    write_card: bool = True,
+    _stop_after_shards: int | None = None,
+) -> BuildResult:
+    """Run the curation pipeline over ``items_factory(start)`` and write shards into ``out``.
+
+    ``items_factory(start)`` must yield the same items in the same order on every call, from index
+    ``start`` on. ``_stop_after_shards`` raises after that many recorded steps (tests: a killed build).
+    """
+    settings = settings or FilterSettings()
+    check_name("config", config)
+    check_name("split", split)
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    if settings.on("outlier") and outlier is None:
+        raise ValueError("the outlier filter needs a scorer: pass --outlier-model DIR")
+    out = Path(out)
+    description = {
+        "inputs": input_description or {},
+        "shard_size": shard_size,
+        "settings": asdict(settings),
+        "outlier_threshold": outlier.threshold if outlier else None,
+    }
+    progress = BuildProgress.open(out, config, split, _fingerprint(description), overwrite=overwrite)
+    dedup = DuplicateFilter(settings.near_threshold if settings.on("dedup") else None)
+    for digest, perceptual in progress.remembered():
+        dedup.remember(digest, perceptual)
+
+    if not progress.done:
+        _run(progress, items_factory, settings, dedup, outlier, workers, shard_size, _stop_after_shards)
+        progress.finish()
+    report = CurationReport()
+    for record in progress.records:
+        report.add(record.counts)
+    rows = sum(r.rows for r in progress.records)
+    report_path = out / "build_reports" / f"{config}-{split}.json"
+    write_text_atomic(
+        report_path,
+        json.dumps(
+            {
+                "config": config,
+                "split": split,
+                "counts": report.to_dict(),
+                "shards": progress.shard_files,
+                "rows": rows,
+                "filters": list(settings.enabled),
+                "near_duplicate_threshold": settings.near_threshold,
+                "perceptual_hash": settings.perceptual_hash,
+                "outlier_threshold": outlier.threshold if outlier else None,
+            },
+            indent=1,
+        ),
+    )
+    logger.info("%s/%s: %d rows in %d shards; report %s", config, split, rows, len(progress.shard_files), report_path)
+    if write_card:
+        from .card import write_dataset_card
+
+        write_dataset_card(out)
+    return BuildResult(out, config, split, report, progress.shard_files, rows)
+
+
+def _prepared_stream(items: Iterable[Item], settings: FilterSettings, workers: int) -> Iterator[Prepared]:
+    worker = _Prepare(settings)
+    if workers <= 1:
+        yield from map(worker, items)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # map() keeps input order; chunks amortise pickling. It submits eagerly, so feed it in windows.
+        window: list[Item] = []
+        for item in items:
+            window.append(item)
+            if len(window) >= 64 * workers:
+                yield from pool.map(worker, window, chunksize=8)
+                window = []
+        if window:
+            yield from pool.map(worker, window, chunksize=8)
+
+
+def _run(progress, items_factory, settings, dedup, outlier, workers, shard_size, stop_after) -> None:
+    from tqdm.auto import tqdm
+
+    step = CurationReport()
+    rows: list[dict] = []
+    images = 0
+    remembered: list[tuple[bytes, int | None]] = []
+    pending: list[Prepared] = []
+    cursor = progress.cursor
+    commits = 0
+
+    def emit(prepared: Prepared) -> None:
+        nonlocal images
+        image = {"bytes": prepared.image_bytes, "path": prepared.key}
+        for row in prepared.rows:
+            rows.append({"image": image, **row})
+        step.remaining += len(prepared.rows)
+        step.images_remaining += 1
+        images += 1
+
+    def score_pending() -> None:
+        keep = outlier.keep([p.thumbnail for p in pending])
+        for prepared, kept in zip(pending, keep, strict=True):
+            if kept:
+                emit(prepared)
+            else:
+                step.outliers_removed += len(prepared.rows)
+        pending.clear()
+
+    def commit(at: int) -> None:
+        nonlocal step, rows, images, remembered, commits
+        progress.commit(rows, cursor=at, images=images, counts=step.to_dict(), remembered=remembered)
+        step, rows, images, remembered = CurationReport(), [], 0, []
+        commits += 1
+        if stop_after is not None and commits >= stop_after:
+            raise RuntimeError(f"build stopped after {commits} shard(s) (simulated interruption)")
+
+    stream = _prepared_stream(items_factory(cursor), settings, workers)
+    bar = tqdm(stream, desc=f"{progress.config}/{progress.split}", unit="img", initial=cursor, disable=None)
+    for prepared in bar:
+        step.images_input += 1
+        step.input += prepared.pairs_in
+        step.after_keyword_filter += prepared.after_keyword
+        for kind, pairs in prepared.invalid.items():
+            step.invalid_removed += pairs
+            step.count("invalid_by_kind", kind, pairs)
+        if prepared.rows:
+            duplicate = dedup.check(prepared.digest, prepared.perceptual) if settings.on("dedup") else None
+            if duplicate:
+                step.duplicates_removed += len(prepared.rows)
+                step.count("duplicates_by_kind", duplicate, len(prepared.rows))
+            else:
+                if settings.on("dedup"):
+                    remembered.append((prepared.digest, prepared.perceptual))
+                if settings.on("outlier"):
+                    pending.append(prepared)
+                    if len(pending) >= OUTLIER_BATCH:
+                        score_pending()
+                else:
+                    emit(prepared)
+        cursor = prepared.index + 1
+        if not pending and len(rows) >= shard_size:
+            commit(cursor)
+    if pending:
+        score_pending()
+    if rows or step.images_input:
+        commit(cursor)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m modeling_georsclip.data.build", description=__doc__.split("\n\n")[0]
+    )
+    inputs = parser.add_argument_group("inputs (one of)")
+    inputs.add_argument("--captions", help="CSV with columns file,caption[,source,latitude,...]")
+    inputs.add_argument("--images", help="image folder the CSV's 'file' column is relative to")
+    inputs.add_argument("--rs5m-tars", help="glob of RS5M release tars (img_content/img_name/caption)")
+    inputs.add_argument("--image-folder", help="label-only image folder")
+    inputs.add_argument("--labels", help="CSV file,label[,source] for --image-folder")
+    inputs.add_argument("--captioner", help="image-text-to-text model captioning --image-folder images")
+    inputs.add_argument("--caption-template", default="{label}", help="caption from a label, e.g. 'a satellite image of {label}.'")
+    parser.add_argument("--output", required=True, help="dataset folder (created; shards, card, reports)")
+    parser.add_argument("--config", required=True, help="config name, e.g. pub11 or rs3")
+    parser.add_argument("--split", required=True, help="split name, e.g. train or validation")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="rows per shard (an image is never split)")
+    parser.add_argument("--source", help="source name for rows without one (default: the config name)")
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding and validating images")
+    parser.add_argument("--filters", default="invalid", help="comma list of keyword,invalid,dedup,outlier ('invalid' always runs)")
+    parser.add_argument("--near-dup-threshold", type=int, default=6, help="perceptual-hash bits; -1 turns near-dup off")
+    parser.add_argument("--perceptual-hash", choices=sorted(PERCEPTUAL_HASHES), default="phash")
+    parser.add_argument("--outlier-model", help="local folder (or Hub id) of a GeoRSCLIP/CLIP checkpoint")
+    parser.add_argument("--outlier-threshold", type=float, default=0.5, help="keep images with P(RS) >= this")
+    parser.add_argument("--overwrite", action="store_true", help="discard an earlier build of this config/split")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="upload the dataset folder to this Hub dataset repo")
+    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files, upload nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    source = args.source or args.config
+    chosen = [bool(args.captions or args.images), bool(args.rs5m_tars), bool(args.image_folder)]
+    if sum(chosen) != 1:
+        raise SystemExit("error: give exactly one input: --captions/--images, --rs5m-tars or --image-folder")
+    if chosen[0] and not (args.captions and args.images):
+        raise SystemExit("error: --captions and --images go together")
+    filters = set(args.filters.split(",")) | {"invalid"} if args.filters.strip() else {"invalid"}
+    settings = FilterSettings(
+        enabled=tuple(filters),
+        near_threshold=None if args.near_dup_threshold < 0 else args.near_dup_threshold,
+        perceptual_hash=args.perceptual_hash,
+        outlier_threshold=args.outlier_threshold,
+    )
+    outlier = None
+    if settings.on("outlier"):
+        if not args.outlier_model:
+            raise SystemExit("error: --filters outlier needs --outlier-model DIR")
+        from .filters import OutlierScorer
+
+        outlier = OutlierFilter(OutlierScorer(args.outlier_model), threshold=args.outlier_threshold)
+
+    if chosen[0]:
+        description = {"captions": _file_identity(args.captions), "images": str(Path(args.images).resolve())}
+
+        def factory(start: int):
+            return csv_items(args.captions, args.images, source, start=start)
+    elif chosen[1]:
+        import glob
+
+        description = {"tars": [_file_identity(p) for p in sorted(glob.glob(args.rs5m_tars))]}
+
+        def factory(start: int):
+            return tar_items(args.rs5m_tars, source, start=start)
+    else:
+        captioner = PipelineCaptioner(args.captioner) if args.captioner else None
+        description = {
+            "folder": str(Path(args.image_folder).resolve()),
+            "labels": _file_identity(args.labels) if args.labels else None,
+            "captioner": args.captioner,
+            "template": args.caption_template,
+        }
+
+        def factory(start: int):
+            return folder_items(
+                args.image_folder, source, args.labels, captioner, args.caption_template, start=start
+            )
+
+    try:
+        result = build(
+            factory,
+            args.output,
+            config=args.config,
+            split=args.split,
+            shard_size=args.shard_size,
+            settings=settings,
+            outlier=outlier,
+            workers=args.workers,
+            input_description=description,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"rows": result.rows, "shards": len(result.shards), **result.report.to_dict()}, indent=1))
+    if args.push_to_hub:
+        from .card import push_dataset
+
+        plan = push_dataset(args.output, args.push_to_hub, dry_run=args.dry_run)
+        if args.dry_run:
+            for path, size in plan:
+                print(f"{size:>12}  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
