@@ -186,8 +186,12 @@ def push_folder(
     private: bool = False,
     token: str | None = None,
     ignore_patterns: Sequence[str] = (),
+    large_folder: bool = False,
 ) -> list[tuple[str, int]]:
     """Upload ``folder`` to ``repo_id`` (creating the repo); with ``dry_run`` only list what would go.
+
+    ``large_folder`` uses ``HfApi.upload_large_folder`` (resumable, many commits: for dataset shards)
+    where the installed huggingface_hub has it, else ``upload_folder``.
 
     Returns the upload plan. Raises ``PushError`` with a clear message when there is no token, the Hub is
     unreachable or offline mode is on; the local folder is never modified.
@@ -204,6 +208,12 @@ def push_folder(
         raise PushError(f"cannot push to {repo_id}: no Hugging Face token (run `hf auth login` or set HF_TOKEN); {hint}")
     try:
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        large = getattr(api, "upload_large_folder", None) if large_folder else None
+        if large is not None:
+            large(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
+                  ignore_patterns=list(ignore_patterns) or None)
+            logger.info("pushed %d files to https://huggingface.co/%s", len(plan), repo_id)
+            return plan
         api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),

@@ -10,6 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it is renamed to ``final``.
@@ -23,9 +29,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
     except OSError as err:
         raise OSError(f"cannot write output folder {final}: {err.strerror or err}") from err
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; the final folder gets normal permissions
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; the final folder gets normal permissions
     try:
         yield tmp
         if final.exists():
@@ -52,6 +56,7 @@ def atomic_file(final: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator
     try:
         with open(tmp, mode, **kwargs) as handle:
             yield handle
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

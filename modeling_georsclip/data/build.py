@@ -407,9 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({"rows": result.rows, "shards": len(result.shards), **result.report.to_dict()}, indent=1))
     if args.push_to_hub:
+        from ..hub import PushError
         from .card import push_dataset
 
-        plan = push_dataset(args.output, args.push_to_hub, dry_run=args.dry_run)
+        try:
+            plan = push_dataset(args.output, args.push_to_hub, dry_run=args.dry_run)
+        except PushError as err:  # the dataset is saved; only the upload failed
+            print(f"error: {err}", file=sys.stderr)
+            return 3
         if args.dry_run:
             for path, size in plan:
                 print(f"{size:>12}  {path}")

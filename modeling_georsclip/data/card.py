@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from ..hub import push_folder, upload_plan
 from ..io import write_text_atomic
 from ..log import get_logger
 from .filters import REPORT_COLUMNS
@@ -151,44 +152,17 @@ def write_dataset_card(out: str | os.PathLike, template_path: str | os.PathLike 
     return path
 
 
-def upload_plan(folder: str | os.PathLike, ignore_patterns: list[str] | None = None) -> list[tuple[str, int]]:
-    """``(relative path, bytes)`` of what an upload of ``folder`` would send, as huggingface_hub selects it."""
-    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder {folder} does not exist")
-    relpaths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    ignore = list(ignore_patterns or []) + list(DEFAULT_IGNORE_PATTERNS)
-    kept = filter_repo_objects(relpaths, ignore_patterns=ignore)
-    return [(rel, (folder / rel).stat().st_size) for rel in kept]
-
-
 def push_dataset(
-    folder: str | os.PathLike, repo_id: str, *, dry_run: bool = False, private: bool | None = None
+    folder: str | os.PathLike, repo_id: str, *, dry_run: bool = False, private: bool = False
 ) -> list[tuple[str, int]]:
     """Upload ``folder`` as the Hub dataset ``repo_id`` (resume state excluded); returns the file plan.
 
-    With ``dry_run`` nothing is contacted. Network or token problems raise ``RuntimeError`` naming the repo.
+    With ``dry_run`` nothing is contacted. Network or token problems raise ``hub.PushError`` naming the repo.
     """
     plan = upload_plan(folder, UPLOAD_IGNORE)
     if not any(path == "README.md" for path, _ in plan):
         raise ValueError(f"{folder} has no README.md dataset card; build the dataset first")
-    if dry_run:
-        return plan
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    try:
-        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
-        large = getattr(api, "upload_large_folder", None)
-        if large is not None:  # resumable, multi-commit upload (huggingface_hub < 2 and some later releases)
-            large(repo_id=repo_id, folder_path=str(folder), repo_type="dataset", ignore_patterns=UPLOAD_IGNORE)
-        else:
-            api.upload_folder(
-                repo_id=repo_id, folder_path=str(folder), repo_type="dataset", ignore_patterns=UPLOAD_IGNORE,
-                commit_message="Upload RS5M shards and dataset card",
-            )
-    except Exception as err:  # network, auth, offline mode: one clear line
-        raise RuntimeError(f"cannot upload {folder} to dataset repo {repo_id}: {type(err).__name__}: {err}") from err
-    return plan
+    return push_folder(
+        folder, repo_id, repo_type="dataset", dry_run=dry_run, private=private, ignore_patterns=UPLOAD_IGNORE,
+        commit_message="Upload RS5M shards and dataset card", large_folder=True,
+    )
