@@ -40,3 +40,46 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> P
     model.save_pretrained(path)
     GeoRSCLIPProcessor.default(image_size=model.config.vision_config.image_size).save_pretrained(path)
     return Path(path)
+
+
+def tiny_open_clip_config(quick_gelu: bool = True, image_size: int = 32, patch_size: int = 8, width: int = 32) -> dict:
+    """An open_clip model config (the JSON format ``--arch`` accepts) for a tiny ViT CLIP."""
+    return {
+        "embed_dim": 24 if width == 32 else width,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "head_width": 16, "patch_size": patch_size},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": 2},
+    }
+
+
+def perturbed_open_clip(cfg: dict, seed: int = 0):
+    """An open_clip ``CLIP`` with every parameter moved off its initial value (so a swapped mapping shows).
+
+    Needs open_clip (the ``parity`` extra).
+    """
+    from open_clip.model import CLIP
+
+    torch.manual_seed(seed)
+    model = CLIP(**cfg).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+        model.logit_scale.fill_(3.1)
+    return model
+
+
+def write_open_clip_checkpoint(folder: str | os.PathLike, seed: int = 0, **config_kwargs) -> tuple[Path, Path]:
+    """Write a deterministic tiny open_clip checkpoint (raw state dict ``.pt``) and its arch JSON.
+
+    Returns ``(checkpoint_path, arch_json_path)``: the inputs of ``python -m modeling_georsclip.convert``.
+    """
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_open_clip_config(**config_kwargs)
+    model = perturbed_open_clip(cfg, seed)
+    checkpoint, arch = folder / "open_clip_tiny.pt", folder / "open_clip_tiny.json"
+    torch.save(model.state_dict(), checkpoint)
+    arch.write_text(json.dumps(cfg, indent=2))
+    return checkpoint, arch

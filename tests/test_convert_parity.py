@@ -25,30 +25,11 @@ from modeling_georsclip.convert import (
     to_hf_state_dict,
     validate_state_dict,
 )
+from modeling_georsclip.testing import perturbed_open_clip, tiny_open_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS_FILE = REPO / "samples" / "rs-samples" / "rsitmd_test_caps.txt"
 TOLERANCE = 1e-4
-
-
-def tiny_open_clip_config(quick_gelu: bool) -> dict:
-    return {
-        "embed_dim": 24,
-        "quick_gelu": quick_gelu,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
-
-
-def perturbed_open_clip(cfg: dict, seed: int = 0) -> CLIP:
-    """open_clip CLIP with every parameter moved off its initial value (LayerNorms, biases, class token...)."""
-    torch.manual_seed(seed)
-    model = CLIP(**cfg).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.1)
-        model.logit_scale.fill_(3.1)
-    return model
 
 
 def real_captions(n: int = 48) -> list[str]:
