@@ -1,0 +1,1 @@
+"""Datasets for GeoRSCLIP: RS5M shards, evaluation sets and the streaming training loader."""
