@@ -370,6 +370,7 @@ def train(cfg: TrainConfig) -> Path:
     ckpt_root = out / "checkpoints"
     model.train()
     total_batches = 0
+    resumed_epoch = resume_dir is not None  # a checkpoint taken at an epoch's end resumes into an empty epoch
     while step < total_steps:
         batches = iter(loader)
         epoch_batches = 0
@@ -429,11 +430,12 @@ def train(cfg: TrainConfig) -> Path:
         del batches
         if step >= total_steps:
             break
-        if epoch_batches == 0:
-            if total_batches == 0:
+        if epoch_batches == 0 and not resumed_epoch:
+            if total_batches == 0 and step == 0:
                 raise DataError("the training data yielded no complete batch: empty dataset or all samples corrupt "
                                 f"(skipped: {dict(loader.skipped)})")
             break
+        resumed_epoch = False
         epoch += 1
         if not cfg.max_steps and epoch >= cfg.epochs:
             break
