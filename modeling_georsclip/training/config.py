@@ -80,6 +80,7 @@ class TrainConfig:
     push_to_hub: str | None = None
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
         checks = {
             "mixed_precision": (self.mixed_precision, {"no", "bf16", "fp16"}),
             "peft": (self.peft, {None, "lora", "dora", "ia3"}),
@@ -98,6 +99,22 @@ class TrainConfig:
             raise ConfigError("peft and lock_image/lock_text are exclusive (peft already freezes the base model)")
         if isinstance(self.data, (str, dict)):
             self.data = [self.data]
+
+    def _coerce_numbers(self) -> None:
+        """YAML reads ``5e-6`` (no dot) as a string: convert numeric fields, or fail naming the key."""
+        for field in dataclasses.fields(self):
+            kind = str(field.type).split(" |")[0]
+            value = getattr(self, field.name)
+            if kind in ("float", "int") and value is not None and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                    setattr(self, field.name, number if kind == "float" else int(number))
+                    if kind == "int" and number != int(number):
+                        raise ValueError
+                except (TypeError, ValueError):
+                    raise ConfigError(f"config key {field.name}: expected {kind}, got {value!r}") from None
+            elif kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"config key {field.name}: expected true/false, got {value!r}")
 
     # ------------------------------------------------------------------ loading
     @classmethod
