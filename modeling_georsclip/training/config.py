@@ -37,6 +37,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     batch_size: int = 32  # per process, per micro-step (the contrastive batch is batch_size * processes)
+    global_batch_size: int | None = None  # when set: batch_size = global_batch_size / processes (must divide)
     grad_accum: int = 1  # does NOT enlarge the contrastive batch (see docs/training.md)
     lr: float = 5e-6
     weight_decay: float = 0.2
@@ -48,6 +49,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = False
     compile: bool = False
+    cpu_threads: int | None = None  # CPU training: torch threads per process (default: cores/processes - workers)
     seed: int = 0
     # ---- loss
     gather_with_grad: bool = True

@@ -277,6 +277,13 @@ def _write_card(folder: Path, cfg: TrainConfig, results: dict[str, float] | None
 
 
 # ---------------------------------------------------------------------------------------------- train
+def set_cpu_threads(cfg: TrainConfig, local_processes: int = 1) -> int:
+    """Leave a core per dataloader worker: oversubscribed OpenMP threads spin and slow CPU steps 10-100x."""
+    threads = cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(local_processes, 1) - cfg.num_workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _all_have_batch(have: bool, device) -> bool:
     """Every process must stop at the same step (shards may hold different numbers of rows)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -308,8 +315,15 @@ def train(cfg: TrainConfig) -> Path:
         dynamo_backend="inductor" if cfg.compile else None,
     )
     set_seed(cfg.seed)
+    if accelerator.device.type == "cpu":
+        set_cpu_threads(cfg, accelerator.num_processes)
 
     # ---- everything that can fail on bad input, before any work
+    if cfg.global_batch_size:
+        if cfg.global_batch_size % accelerator.num_processes:
+            raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by the "
+                              f"{accelerator.num_processes} processes")
+        cfg.batch_size = cfg.global_batch_size // accelerator.num_processes
     model, processor = load_model(cfg)
     model = prepare_trainable(model, cfg)
     fingerprint = model_fingerprint(_clip_core(model), cfg)
