@@ -1,0 +1,94 @@
+"""Loader images/s per worker against the PIL decode + resize limit measured in the same run.
+
+    PYTHONPATH=. python benchmarks/loader_throughput.py [--images samples/rs-samples/images] [--workers 2]
+
+``measure_loader_throughput(image_files, ...)`` is importable (benchmarks/data_throughput.py uses it). The limit is
+one process doing nothing but ``PIL.Image.open(...).convert("RGB").resize(...)`` on the same encoded images; the
+loader runs its whole path (parquet streaming, block shuffle, decode, to-RGB, processor or augmentation, tokenise,
+batch, worker -> main transfer). Goal (issue 3): loader images/s per worker >= 0.8 x the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+
+def pil_decode_resize_limit(encoded: list[bytes], size: int, seconds: float = 3.0) -> float:
+    """Images/s of a tight PIL decode + bicubic resize loop (one process) over ``encoded``."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done < len(encoded):
+        img = Image.open(io.BytesIO(encoded[done % len(encoded)])).convert("RGB")
+        img.resize((size, size), Image.Resampling.BICUBIC)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def _write_shards(encoded: list[bytes], folder: Path, shards: int) -> Path:
+    from datasets import Dataset, Features, Value
+    from datasets import Image as HFImage
+
+    features = Features({"image": HFImage(), "caption": Value("string"), "source": Value("string"),
+                         "key": Value("string")})
+    (folder / "data/default").mkdir(parents=True)
+    per = -(-len(encoded) // shards)
+    for s in range(shards):
+        part = encoded[s * per : (s + 1) * per]
+        rows = {"image": [{"bytes": b, "path": None} for b in part],
+                "caption": [f"a remote sensing image number {s * per + i}" for i in range(len(part))],
+                "source": ["bench"] * len(part), "key": [str(s * per + i) for i in range(len(part))]}
+        Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"data/default/train-{s:05d}.parquet"))
+    return folder / "data/default"
+
+
+def measure_loader_throughput(
+    image_files: list[str | Path], *, workers: int = 2, image_size: int = 224, repeat: int = 8,
+    batch_size: int = 32, augment: bool = False, limit_seconds: float = 3.0,
+) -> dict[str, float]:
+    """Run the training loader over parquet shards of ``image_files`` (repeated) and the PIL limit; return figures."""
+    from modeling_georsclip.data.loader import TrainLoader, build_train_dataset
+    from modeling_georsclip.processing import GeoRSCLIPProcessor
+    from modeling_georsclip.training.augment import transform_for_processor
+
+    encoded = [Path(f).read_bytes() for f in image_files] * repeat
+    processor = GeoRSCLIPProcessor.default(image_size=image_size)
+    limit = pil_decode_resize_limit(encoded, image_size, limit_seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = _write_shards(encoded, Path(tmp), shards=max(2 * workers, 2))
+        dataset = build_train_dataset([str(shards)], processor=processor, batch_size=batch_size,
+                                      shuffle_buffer=256, image_transform=transform_for_processor(processor, augment))
+        loader = TrainLoader(dataset, num_workers=workers)
+        iterator = iter(loader)
+        first = next(iterator)  # worker start-up excluded
+        images, start = 0, time.perf_counter()
+        for batch in iterator:
+            images += batch["pixel_values"].shape[0]
+        elapsed = time.perf_counter() - start
+    del first
+    per_worker = images / elapsed / max(workers, 1)
+    return {"pil_limit_img_s": limit, "loader_img_s": images / elapsed, "loader_img_s_per_worker": per_worker,
+            "ratio_per_worker_vs_limit": per_worker / limit, "images": images, "workers": workers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default="samples/rs-samples/images")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeat", type=int, default=16)
+    parser.add_argument("--augment", action="store_true")
+    args = parser.parse_args()
+    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif"})
+    result = measure_loader_throughput(files, workers=args.workers, image_size=args.image_size, repeat=args.repeat,
+                                       augment=args.augment)
+    for key, value in result.items():
+        print(f"{key:28s} {value:10.2f}" if isinstance(value, float) else f"{key:28s} {value:10d}")
+
+
+if __name__ == "__main__":
+    main()
