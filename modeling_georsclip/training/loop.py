@@ -25,7 +25,9 @@ import torch.distributed as dist
 
 from ..data.loader import DataError, SourceSpec, TrainLoader, build_train_dataset, decode_pair
 from ..io import atomic_dir, atomic_file, write_text_atomic
+from ..hub import write_model_card
 from ..log import get_logger
+from ..metrics import retrieval_recall
 from ..modeling import GeoRSCLIPModel, pooled
 from ..processing import CONTEXT_LENGTH, GeoRSCLIPProcessor
 from .augment import transform_for_processor
@@ -100,33 +102,6 @@ def _clip_core(model):
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def _retrieval_recall(similarity: torch.Tensor, text_to_image: list[int]) -> dict[str, float]:
-    try:
-        from ..metrics import retrieval_recall
-    except ImportError:  # TODO(lead): replace with metrics.retrieval_recall (eval branch) once merged
-        return _fallback_recall(similarity, text_to_image)
-    return retrieval_recall(similarity, text_to_image)
-
-
-def _fallback_recall(similarity: torch.Tensor, text_to_image: list[int], ks=(1, 5, 10)) -> dict[str, float]:
-    # TODO(lead): replace with metrics.retrieval_recall
-    owner = torch.as_tensor(text_to_image)
-    n_texts, n_images = similarity.shape
-    text_rank = (similarity > similarity[torch.arange(n_texts), owner][:, None]).sum(1)
-    out = {}
-    image_best = torch.full((n_images,), n_images * 10, dtype=torch.long)
-    sim_t = similarity.t()
-    for t in range(n_texts):
-        i = owner[t]
-        rank = int((sim_t[i] > sim_t[i, t]).sum())
-        image_best[i] = min(int(image_best[i]), rank)
-    for k in ks:
-        out[f"t2i_R@{k}"] = float((text_rank < k).float().mean() * 100)
-        out[f"i2t_R@{k}"] = float((image_best < k).float().mean() * 100)
-    out["mR"] = float(np.mean([out[f"{d}_R@{k}"] for d in ("t2i", "i2t") for k in ks]))
-    return out
-
-
 class ValidationSet:
     """Image-caption pairs for retrieval recall: unique images, captions with the index of their image."""
 
@@ -171,7 +146,7 @@ class ValidationSet:
         txt = torch.cat(txt)
         sim = torch.nn.functional.normalize(txt.float(), dim=-1) @ torch.nn.functional.normalize(img.float(), dim=-1).t()
         model.train(was_training)
-        return _retrieval_recall(sim.cpu(), self.text_to_image)
+        return retrieval_recall(sim.cpu(), self.text_to_image)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -266,12 +241,6 @@ def _write_card(folder: Path, cfg: TrainConfig, results: dict[str, float] | None
             })
     datasets = cfg.dataset_names or None
     base_model = cfg.base_model or (None if cfg.model == "tiny" else cfg.model)
-    try:
-        from ..hub import write_model_card
-    except ImportError:  # TODO(lead): hub.write_model_card lives on another branch; remove this fallback on merge
-        text = f"# {cfg.model_name or folder.parent.name}\n\nTrained with georsclip `train.py`.\n\n```json\n"
-        write_text_atomic(folder / "README.md", text + json.dumps(cfg.to_dict(), indent=2) + "\n```\n")
-        return
     write_model_card(folder, model_name=cfg.model_name or Path(cfg.output_dir).name, base_model=base_model,
                      datasets=datasets, recipe=cfg.to_dict(), eval_results=eval_results)
 
