@@ -212,7 +212,7 @@ def print_summary(out: Path, model_dir: Path, results: Path, timings: dict[str, 
         f"  model (plain CLIP, loads with transformers.CLIPModel / pipeline): {model_dir.relative_to(out)}/",
         f"  model card with model-index results: {(model_dir / 'README.md').relative_to(out)}",
         f"  results: {results.relative_to(out)} and {table.relative_to(out)}",
-        f"  dataset card and shards: dataset/README.md, dataset/data/" if (out / "dataset").exists() else "",
+        "  dataset card and shards: dataset/README.md, dataset/data/" if (out / "dataset").exists() else "",
         "  pictures: " + ", ".join(pictures),
     ]
     print("\n".join(line for line in lines if line is not None))

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from ..data.loader import DataError, SourceSpec, TrainLoader, build_train_dataset, decode_pair
-from ..io import atomic_dir, atomic_file, write_text_atomic
 from ..hub import write_model_card
+from ..io import atomic_dir, atomic_file, write_text_atomic
 from ..log import get_logger
 from ..metrics import retrieval_recall
 from ..modeling import GeoRSCLIPModel, pooled
