@@ -51,20 +51,24 @@ def model_index_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
+def _cell(task: str, key: str, value: Any) -> str:
+    if key == "n_unreadable":
+        return str(int(value))
+    return f"{value:.4f}" if task == "selo" else f"{value:.2f}"
+
+
 def results_markdown(runs: Sequence[dict[str, Any]]) -> str:
     """One markdown table: a row per (task, dataset, metric), a column per model (``runs[i]["model_name"]``)."""
     names = [run.get("model_name") or str(run.get("model")) for run in runs]
     rows: dict[tuple[str, str, str], list[str]] = {}
     for column, run in enumerate(runs):
         for task, datasets in run.get("tasks", {}).items():
+            metrics = TASKS[task][2] + [("n_unreadable", "", "unreadable images")]
             for dataset_name, scores in datasets.items():
-                for key, _, metric_name in TASKS[task][2] + [("n_unreadable", "", "unreadable images")]:
+                for key, _, metric_name in metrics:
                     if key in scores:
                         cells = rows.setdefault((TASKS[task][1], dataset_name, metric_name), [""] * len(runs))
-                        value = scores[key]
-                        cells[column] = f"{value:.2f}" if task != "selo" or key == "n_unreadable" else f"{value:.4f}"
-                        if key == "n_unreadable":
-                            cells[column] = str(int(value))
+                        cells[column] = _cell(task, key, scores[key])
     lines = ["| task | dataset | metric | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(runs)]
     lines += [f"| {task} | {dataset} | {metric} | " + " | ".join(cells) + " |" for (task, dataset, metric), cells in rows.items()]
     return "\n".join(lines) + "\n"

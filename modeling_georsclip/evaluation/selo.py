@@ -22,6 +22,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,13 +107,25 @@ def embed_windows(
     batch_size: int = 32,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Unit-norm embeddings (n_windows, D) of the scene crops, batched through the model in memory."""
-    chunks = []
-    starts = range(0, len(windows), batch_size)
-    for start in tqdm(starts, desc="crops", unit="batch", disable=not progress, leave=False):
+    """Unit-norm embeddings (n_windows, D) of the scene crops, batched through the model in memory.
+
+    The next batch's crops are prepared in a helper thread while the model runs on the current one
+    (OpenCV, PIL and torch release the GIL), so preprocessing hides behind the forward pass.
+    """
+
+    def prepare(start: int) -> torch.Tensor:
         crops = window_crops(scene, windows[start : start + batch_size], mode)
-        pixels = processor(images=crops, return_tensors="pt")["pixel_values"]
-        chunks.append(model.image_embeddings(pixels, batch_size=len(crops)))
+        return processor(images=crops, return_tensors="pt")["pixel_values"]
+
+    chunks = []
+    starts = list(range(0, len(windows), batch_size))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(prepare, starts[0])
+        for number in tqdm(range(len(starts)), desc="crops", unit="batch", disable=not progress, leave=False):
+            pixels = pending.result()
+            if number + 1 < len(starts):
+                pending = pool.submit(prepare, starts[number + 1])
+            chunks.append(model.image_embeddings(pixels, batch_size=len(pixels)))
     return torch.cat(chunks)
 
 
