@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--selo-mode", default="paper", choices=["paper", "clean"])
     parser.add_argument("--head-mode", default="paper", choices=["paper", "openclip"])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--overlay-dir", type=Path, default=None,
+                        help="where SeLo heat-map overlays go (default: <output stem>_selo beside --output)")
     parser.add_argument("--no-card", action="store_true", help="do not update the model card's model-index")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the updated card to this Hub repo")
     return parser
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         accelerator = Accelerator()
     runs = load_runs(args.compare)
-    overlay_dir = args.output.with_name(args.output.stem + "_selo")
+    overlay_dir = args.overlay_dir or args.output.with_name(args.output.stem + "_selo")
     fresh = [
         evaluate_model(m, datasets, selo_mode=args.selo_mode, head_mode=args.head_mode, batch_size=args.batch_size,
                        overlay_dir=overlay_dir, accelerator=accelerator)
