@@ -76,6 +76,16 @@ def results_table(eval_results: Sequence[EvalResult]) -> str:
     return "\n".join(lines)
 
 
+def hub_model_id(name: str | None) -> str | None:
+    """``name`` if it can be a Hub model id (``owner/name`` or ``name``), else None (local paths).
+
+    ``base_model`` in a card's metadata must be a Hub id; a local folder goes into the provenance instead.
+    """
+    if not name or Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
+
+
 def render_model_card(
     model_name: str,
     *,
@@ -90,6 +100,9 @@ def render_model_card(
 ) -> ModelCard:
     """Render the model card template: Hub metadata (pipeline tag, widget, model-index) plus body."""
     results = [_eval_result(r) for r in eval_results or []]
+    if base_model and hub_model_id(base_model) is None:
+        provenance = {**(provenance or {}), "base model (local)": base_model}
+        base_model = None
     data = ModelCardData(
         license=license,
         library_name="transformers",

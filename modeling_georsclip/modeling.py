@@ -44,6 +44,8 @@ class GeoRSCLIPModel(CLIPModel):
         that name up, so the saved folder must name the stock class.
         """
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        for weights in Path(save_directory).glob("*.safetensors"):
+            weights.chmod(0o644)  # transformers 5 writes weights through a 0600 temp file
         config_path = Path(save_directory) / "config.json"
         config = json.loads(config_path.read_text())
         config["architectures"] = ["CLIPModel"]

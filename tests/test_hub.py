@@ -77,3 +77,13 @@ def test_push_without_network_or_token_is_a_clear_error(tmp_path, monkeypatch, o
     with pytest.raises(hub.PushError, match="push it later"):
         hub.push_folder(tmp_path / "out", "me/model")
     assert (tmp_path / "out" / "config.json").read_text() == "{}"
+
+
+def test_local_base_model_goes_to_provenance_not_metadata(tmp_path):
+    local = tmp_path / "base"
+    local.mkdir()
+    card = ModelCard.load(hub.write_model_card(tmp_path / "out", "m", base_model=str(local)))
+    assert card.data.base_model is None
+    assert str(local) in card.text
+    card = ModelCard.load(hub.write_model_card(tmp_path / "out2", "m", base_model="openai/clip-vit-base-patch32"))
+    assert card.data.base_model == "openai/clip-vit-base-patch32"

@@ -159,9 +159,25 @@ def probability_map(heat: np.ndarray, mode: Mode = "paper") -> tuple[np.ndarray,
     return scored / 255.0, gray
 
 
-def write_overlay(path: Path, scene_rgb: np.ndarray, gray: np.ndarray) -> None:
-    """Scene blended 0.7 / 0.3 with the JET-coloured map (the reference's ``addmap``), as PNG."""
+def write_overlay(
+    path: Path, scene_rgb: np.ndarray, gray: np.ndarray, regions: Sequence | None = None, title: str | None = None
+) -> None:
+    """Scene blended 0.7 / 0.3 with the JET-coloured map (the reference's ``addmap``), as PNG.
+
+    With ``regions`` the ground-truth polygons are outlined in white; ``title`` (caption and scores) is
+    written on a dark band across the top, so each picture says what was asked and how it scored.
+    """
     overlay = cv2.addWeighted(scene_rgb[..., ::-1], 0.7, cv2.applyColorMap(gray, cv2.COLORMAP_JET), 0.3, 0)
+    thickness = max(2, round(max(overlay.shape[:2]) / 400))
+    for polygon in regions or []:
+        points = np.asarray(polygon, dtype=np.int32).reshape(-1, 1, 2)
+        cv2.polylines(overlay, [points], isClosed=True, color=(255, 255, 255), thickness=thickness)
+    if title:
+        scale = max(overlay.shape[1] / 1600, 0.4)
+        band = int(40 * scale) + 10
+        overlay[:band] = (overlay[:band] * 0.3).astype(overlay.dtype)
+        cv2.putText(overlay, title, (10, band - 12), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    max(1, thickness // 2), cv2.LINE_AA)
     ok, encoded = cv2.imencode(".png", overlay)
     if not ok:
         raise RuntimeError(f"OpenCV could not PNG-encode {path}")
@@ -210,7 +226,9 @@ def evaluate_selo(
             scores = selo_scores(prob, query.regions)
             per_query.append({"index": index, "image": path.name, "caption": query.caption, **scores})
             if output_dir is not None:
-                write_overlay(Path(output_dir) / f"selo_{index:04d}_{path.stem}.png", scene, gray)
+                title = f"{query.caption.strip()}  |  Rmi {scores['Rmi']:.3f}"
+                write_overlay(Path(output_dir) / f"selo_{index:04d}_{path.stem}.png", scene, gray,
+                              regions=query.regions, title=title)
     per_query = sorted(gather(per_query, accelerator), key=lambda q: q["index"])
     unreadable = gather(unreadable, accelerator)
     result: dict[str, Any] = {
