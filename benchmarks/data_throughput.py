@@ -7,7 +7,7 @@ single-process loop: no builder can be faster per process. The builder additiona
 hashes (SHA-256, and pHash with ``--filters invalid,dedup``), parses geo-metadata and writes parquet.
 Images are the vendored RS samples (sizes 224 px to 1920x1080), copied ``--copies`` times.
 
-The training loader's images/s go in ``loader_throughput`` once ``modeling_georsclip.data.loader`` exists.
+The training loader's images/s over the same built dataset are measured by ``loader_throughput``.
 """
 
 from __future__ import annotations
@@ -68,17 +68,15 @@ def builder_throughput(captions: Path, images: Path, out: Path, workers: int, fi
 
 
 # --------------------------------------------------------------------------- loader hook
-def loader_throughput(dataset_dir: Path, workers: int) -> float | None:
-    """HOOK for the training loader (issue 3 item 4): images/s of ``build_train_dataset`` over ``dataset_dir``.
+def loader_throughput(dataset_dir: Path, workers: int) -> float:
+    """Images/s of the training loader (``data.loader``) streaming the dataset the builder just wrote."""
+    from loader_throughput import time_train_loader
 
-    Returns None until ``modeling_georsclip.data.loader.build_train_dataset`` exists; the training helper
-    fills in the call (its signature is theirs to define).
-    """
-    try:
-        from modeling_georsclip.data.loader import build_train_dataset  # noqa: F401
-    except ImportError:
-        return None
-    return None  # TODO(loader owner): iterate build_train_dataset(dataset_dir, ...) with `workers` and time it
+    from modeling_georsclip.processing import GeoRSCLIPProcessor
+
+    images, seconds = time_train_loader([str(dataset_dir)], GeoRSCLIPProcessor.default(image_size=224), workers,
+                                        batch_size=16)
+    return images / seconds
 
 
 def main() -> None:
@@ -98,8 +96,8 @@ def main() -> None:
             print(f"builder workers={workers} filters={args.filters}: {rate:.1f} images/s "
                   f"= {rate / limit:.2f} x decode limit ({rate / limit / workers:.2f} per worker)")
             loader = loader_throughput(tmp / f"out{workers}", workers)
-            if loader is not None:
-                print(f"loader workers={workers}: {loader:.1f} images/s = {loader / limit:.2f} x decode limit")
+            print(f"loader workers={workers}: {loader:.1f} images/s = {loader / limit:.2f} x decode limit "
+                  f"({loader / limit / workers:.2f} per worker)")
 
 
 if __name__ == "__main__":

@@ -46,30 +46,36 @@ def _write_shards(encoded: list[bytes], folder: Path, shards: int) -> Path:
     return folder / "data/default"
 
 
+def time_train_loader(
+    sources: list[str], processor, workers: int, batch_size: int = 32, augment: bool = False
+) -> tuple[int, float]:
+    """(images, seconds) for one pass of the training loader over ``sources``; worker start-up excluded."""
+    from modeling_georsclip.data.loader import TrainLoader, build_train_dataset
+    from modeling_georsclip.training.augment import transform_for_processor
+
+    dataset = build_train_dataset(sources, processor=processor, batch_size=batch_size, shuffle_buffer=256,
+                                  image_transform=transform_for_processor(processor, augment))
+    iterator = iter(TrainLoader(dataset, num_workers=workers))
+    next(iterator)  # the first batch pays for worker start-up
+    images, start = 0, time.perf_counter()
+    for batch in iterator:
+        images += batch["pixel_values"].shape[0]
+    return images, time.perf_counter() - start
+
+
 def measure_loader_throughput(
     image_files: list[str | Path], *, workers: int = 2, image_size: int = 224, repeat: int = 8,
     batch_size: int = 32, augment: bool = False, limit_seconds: float = 3.0,
 ) -> dict[str, float]:
     """Run the training loader over parquet shards of ``image_files`` (repeated) and the PIL limit; return figures."""
-    from modeling_georsclip.data.loader import TrainLoader, build_train_dataset
     from modeling_georsclip.processing import GeoRSCLIPProcessor
-    from modeling_georsclip.training.augment import transform_for_processor
 
     encoded = [Path(f).read_bytes() for f in image_files] * repeat
     processor = GeoRSCLIPProcessor.default(image_size=image_size)
     limit = pil_decode_resize_limit(encoded, image_size, limit_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         shards = _write_shards(encoded, Path(tmp), shards=max(2 * workers, 2))
-        dataset = build_train_dataset([str(shards)], processor=processor, batch_size=batch_size,
-                                      shuffle_buffer=256, image_transform=transform_for_processor(processor, augment))
-        loader = TrainLoader(dataset, num_workers=workers)
-        iterator = iter(loader)
-        first = next(iterator)  # worker start-up excluded
-        images, start = 0, time.perf_counter()
-        for batch in iterator:
-            images += batch["pixel_values"].shape[0]
-        elapsed = time.perf_counter() - start
-    del first
+        images, elapsed = time_train_loader([str(shards)], processor, workers, batch_size, augment)
     per_worker = images / elapsed / max(workers, 1)
     return {"pil_limit_img_s": limit, "loader_img_s": images / elapsed, "loader_img_s_per_worker": per_worker,
             "ratio_per_worker_vs_limit": per_worker / limit, "images": images, "workers": workers}
