@@ -61,7 +61,8 @@ def decode_limit(paths: list[Path], size: int = 224) -> float:
 def builder_throughput(captions: Path, images: Path, out: Path, workers: int, filters: str) -> float:
     start = time.perf_counter()
     result = build(lambda s: csv_items(captions, images, "bench", start=s), out, config="pub11", split="train",
-                   shard_size=1000, settings=FilterSettings(enabled=tuple(filters.split(","))), workers=workers,
+                   shard_size=32,  # several shards, so that each loader worker gets its own
+                   settings=FilterSettings(enabled=tuple(filters.split(","))), workers=workers,
                    write_card=False)
     elapsed = time.perf_counter() - start
     return result.report.images_input / elapsed  # every input image is read, decoded and validated
@@ -75,13 +76,13 @@ def loader_throughput(dataset_dir: Path, workers: int) -> float:
     from modeling_georsclip.processing import GeoRSCLIPProcessor
 
     images, seconds = time_train_loader([str(dataset_dir)], GeoRSCLIPProcessor.default(image_size=224), workers,
-                                        batch_size=16)
+                                        batch_size=32)
     return images / seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--copies", type=int, default=8, help="copies of the vendored images")
+    parser.add_argument("--copies", type=int, default=12, help="copies of the vendored images")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--filters", default="invalid", help="builder filters, e.g. invalid,dedup")
     args = parser.parse_args()

@@ -29,8 +29,10 @@ def train_transform(
             v2.Resize(image_size, interpolation=v2.InterpolationMode.BICUBIC),
             v2.CenterCrop(image_size),
         ]
+    # Geometry runs on the PIL image (Pillow's resampling is several times faster than resizing a uint8 tensor
+    # of a large scene); only the small result becomes a tensor.
     return v2.Compose(
-        [v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     )
 
 

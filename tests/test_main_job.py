@@ -1,0 +1,94 @@
+"""The README's main job end to end (issue 6): one command, one output folder holding everything promised."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import DatasetCard, ModelCard
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("main") / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "modeling_georsclip.main", "--output", str(out), "--push-to-hub", "me/georsclip-demo",
+         "--dry-run"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out, completed.stdout, completed.stderr
+
+
+def test_output_folder_holds_checkpoint_card_results_and_pictures(main_job):
+    out, stdout, _ = main_job
+    model = out / "model"
+    config = json.loads((model / "config.json").read_text())
+    assert config["model_type"] == "clip" and config["architectures"] == ["CLIPModel"]
+    for name in ("model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
+        assert (model / name).is_file(), name
+    card = ModelCard.load(model / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.widget
+    evaluated = {r.dataset_name for r in card.data.eval_results}
+    assert {"rs-scenes", "rs-captions", "AIR-SLT-mini"} <= evaluated
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"] if "runs" in results else [results]
+    assert {"zsc", "retrieval", "selo"} <= set(runs[0]["tasks"])
+    assert "Rmi" in (out / "results.md").read_text() and "Rmi" in stdout
+    curves = Image.open(model / "training_curves.png")
+    assert curves.format == "PNG" and curves.width > 400
+    overlays = sorted((out / "selo" / "model" / "AIR-SLT-mini").glob("*.png"))
+    assert len(overlays) == 4 and all(Image.open(p).size == (1616, 1565) for p in overlays)
+
+
+def test_dataset_card_and_shards_load_with_plain_datasets(main_job):
+    from datasets import load_dataset
+
+    out, _, _ = main_job
+    card = DatasetCard.load(out / "dataset" / "README.md")
+    assert {c["config_name"] for c in card.data.configs} >= {"pub11", "default"}
+    rows = load_dataset(str(out / "dataset"), "pub11", split="train")
+    captions = (ROOT / "samples" / "rs-samples" / "captions.csv").read_text(encoding="utf-8").strip().splitlines()
+    assert len(rows) == len(captions) - 1
+    assert set(rows.column_names) >= {"image", "caption", "source", "key"}
+
+
+def test_output_checkpoint_works_with_the_stock_pipeline(main_job):
+    from transformers import pipeline
+
+    out, _, _ = main_job
+    classifier = pipeline("zero-shot-image-classification", model=str(out / "model"))
+    scores = classifier(str(ROOT / "samples/rs-samples/images/remoteclip__airport.jpg"),
+                        candidate_labels=["airport", "forest", "harbor"])
+    assert {s["label"] for s in scores} == {"airport", "forest", "harbor"}
+    assert abs(sum(s["score"] for s in scores) - 1) < 1e-4
+
+
+def test_dry_run_lists_model_and_dataset_uploads(main_job):
+    out, _, stderr = main_job
+    assert "dry run: would upload" in stderr and "model repo me/georsclip-demo" in stderr
+    assert "dataset repo me/georsclip-demo-data" in stderr
+    assert "model.safetensors" in stderr and "data/pub11/train-00000.parquet" in stderr
+    assert ".build" not in stderr  # the builder's resume state is never uploaded
+
+
+def test_push_without_network_keeps_everything_and_says_why(main_job, monkeypatch, caplog):
+    from modeling_georsclip import main as main_module
+
+    out, _, _ = main_job
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
+    messages = []
+    monkeypatch.setattr(main_module.logger, "warning", lambda msg, *a: messages.append(msg % a))
+    main_module.push(out, out / "model", "me/georsclip-demo", dry_run=False, dataset_built=True)
+    assert len(messages) == 2 and all("push skipped" in m and "push it later" in m for m in messages)
+    after = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
+    assert set(before) <= set(after) and (out / "model" / "results.json").exists()
