@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,11 +77,13 @@ def test_dry_run_lists_model_and_dataset_uploads(main_job):
     out, _, stderr = main_job
     assert "dry run: would upload" in stderr and "model repo me/georsclip-demo" in stderr
     assert "dataset repo me/georsclip-demo-data" in stderr
-    assert "model.safetensors" in stderr and "data/pub11/train-00000.parquet" in stderr
-    assert ".build" not in stderr  # the builder's resume state is never uploaded
+    listed = re.findall(r"^\s+[\d,]+\s+(\S+)$", stderr, flags=re.M)  # "  <bytes>  <path>" rows of the plan
+    assert "model.safetensors" in listed and "data/pub11/train-00000.parquet" in listed
+    assert "README.md" in listed and "results.json" in listed
+    assert not [p for p in listed if p.startswith(".build")]  # the builder's resume state is never uploaded
 
 
-def test_push_without_network_keeps_everything_and_says_why(main_job, monkeypatch, caplog):
+def test_push_without_network_keeps_everything_and_says_why(main_job, monkeypatch):
     from modeling_georsclip import main as main_module
 
     out, _, _ = main_job
