@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, SpaceCard
 
 from modeling_georsclip import hub
 
@@ -87,3 +89,16 @@ def test_local_base_model_goes_to_provenance_not_metadata(tmp_path):
     assert str(local) in card.text
     card = ModelCard.load(hub.write_model_card(tmp_path / "out2", "m", base_model="openai/clip-vit-base-patch32"))
     assert card.data.base_model == "openai/clip-vit-base-patch32"
+
+
+METRIC_MODULES = sorted((Path(hub.__file__).parent / "metrics" / "modules").iterdir())
+
+
+@pytest.mark.parametrize("module", METRIC_MODULES, ids=lambda p: p.name)
+def test_metric_cards_load_as_space_cards(module):
+    """Each evaluate module folder is publishable as a Hub Space: its card parses and points at real files."""
+    card = SpaceCard.load(module / "README.md")
+    assert card.data.title == module.name
+    assert card.data.sdk == "gradio" and (module / card.data.app_file).is_file()
+    assert "evaluate" in card.data.tags and (module / f"{module.name}.py").is_file()
+    assert "## How to use" in card.text
