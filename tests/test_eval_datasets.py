@@ -97,3 +97,54 @@ def test_dedup_rsicd_rsitmd_style(fixture_root, tmp_path):
     cleaned, removed = deduplicate_against(train, test, method="dhash")
     assert removed == 2 and [p.name for p in cleaned.images] == ["unrelated.jpg"]
     assert cleaned.captions == ["caption 2", "x"] and cleaned.text_to_image == [0, 0]
+
+
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "samples" / "rs-samples" / "images"
+
+
+def _write_table(folder: Path, rows: dict, features) -> Path:
+    from datasets import Dataset
+
+    (folder / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(str(folder / "data" / "test-00000.parquet"))
+    return folder
+
+
+def test_classification_from_a_datasets_table_with_classlabel(tmp_path):
+    from datasets import ClassLabel, Features
+    from datasets import Image as ImageFeature
+
+    from modeling_georsclip.data.eval_datasets import decode_images, load_eval_dataset
+
+    airport = (SAMPLE_IMAGES / "remoteclip__airport.jpg").read_bytes()
+    stadium = (SAMPLE_IMAGES / "cliprsicd__stadium_1.jpg").read_bytes()
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["Airport", "Dense_Residential/Urban"])})
+    rows = {"image": [{"bytes": b, "path": None} for b in (airport, stadium, b"not an image")], "label": [0, 1, 1]}
+    dataset = load_eval_dataset(_write_table(tmp_path / "aid", rows, features), "classification")
+    assert dataset.name == "aid" and dataset.classnames == ["airport", "dense residential urban"]
+    assert dataset.labels == [0, 1, 1] and dataset.images[0] == airport
+    images, kept, errors = decode_images(dataset.images)
+    assert kept == [0, 1] and len(errors) == 1 and images[0].size == (224, 224)
+
+
+@pytest.mark.parametrize("layout", ["list", "row_per_caption"])
+def test_retrieval_from_a_datasets_table(tmp_path, layout):
+    from datasets import Features, Sequence, Value
+    from datasets import Image as ImageFeature
+
+    from modeling_georsclip.data.eval_datasets import load_eval_dataset
+
+    a = (SAMPLE_IMAGES / "retrievalsys__00013.jpg").read_bytes()
+    b = (SAMPLE_IMAGES / "retrievalsys__00256.jpg").read_bytes()
+    if layout == "list":
+        features = Features({"image": ImageFeature(), "captions": Sequence(Value("string"))})
+        rows = {"image": [{"bytes": a, "path": None}, {"bytes": b, "path": None}],
+                "captions": [["a playground", "a red track"], ["a green field"]]}
+    else:
+        features = Features({"image": ImageFeature(), "caption": Value("string")})
+        rows = {"image": [{"bytes": x, "path": None} for x in (a, a, b)],
+                "caption": ["a playground", "a red track", "a green field"]}
+    dataset = load_eval_dataset(_write_table(tmp_path / "rsicd", rows, features), "retrieval")
+    assert dataset.images == [a, b]
+    assert dataset.captions == ["a playground", "a red track", "a green field"]
+    assert dataset.text_to_image == [0, 0, 1]

@@ -9,6 +9,12 @@ Layouts (a local folder, or a Hub dataset id whose snapshot has the same layout)
 - selo (AIR-SLT): ``anno.json`` (or ``annotations/anno.json``) with ``caption``, ``jpg_name`` and ``points``
   (a list of polygons of ``[x, y]`` points) per query, images in ``imgs/``.
 
+Classification and retrieval sets may also be ``datasets`` tables (a Hub dataset id or a local folder of
+parquet files): an ``Image`` column plus a ``ClassLabel`` column (what ``imagefolder`` repos and most Hub
+copies of AID / RESISC45 / EuroSAT give), or plus a caption column (a list of strings per image, or one string
+per row with images repeated). Local folders in the layouts above keep their own loaders; a Hub id is read
+with ``datasets.load_dataset`` first and, failing that, downloaded as a snapshot of those layouts.
+
 Images are listed, not decoded, here; :func:`decode_images` decodes a batch, skipping and counting
 unreadable files so a long evaluation never stops on one bad file.
 """
@@ -44,7 +50,7 @@ class ClassificationSet:
 
     name: str
     classnames: list[str]
-    images: list[Path]
+    images: list[Path | bytes]
     labels: list[int]
     source: str = ""
 
@@ -54,7 +60,7 @@ class RetrievalSet:
     """Images and captions; ``text_to_image[t]`` is the image index caption ``t`` describes."""
 
     name: str
-    images: list[Path]
+    images: list[Path | bytes]
     captions: list[str]
     text_to_image: list[int]
     source: str = ""
@@ -192,10 +198,70 @@ def load_airslt(root: str | os.PathLike, name: str = "AIR-SLT") -> SeloSet:
     return SeloSet(name, queries, source=str(anno))
 
 
+CAPTION_COLUMNS = ("captions", "sentences", "caption", "text")
+
+
+def load_datasets_table(
+    name_or_path: str | os.PathLike, task: Task, split: str = "test", name: str | None = None
+) -> ClassificationSet | RetrievalSet:
+    """A classification or retrieval set from a ``datasets`` table (Hub id, or a local folder of parquet files).
+
+    Images stay encoded (bytes) until :func:`decode_images`, so unreadable ones are skipped and counted there.
+    """
+    from datasets import ClassLabel, load_dataset
+    from datasets import Image as ImageFeature
+
+    table = load_dataset(str(name_or_path), split=split)
+    image_column = next((c for c, f in table.features.items() if isinstance(f, ImageFeature)), None)
+    if image_column is None:
+        raise ValueError(f"{name_or_path} (split {split}) has no Image column; columns: {list(table.features)}")
+    raw = table.cast_column(image_column, ImageFeature(decode=False))[image_column]
+    images: list[Path | bytes] = [r["bytes"] if r.get("bytes") else Path(r["path"]) for r in raw]
+    label = Path(str(name_or_path).rstrip("/")).name
+    if task == "classification":
+        label_column = next((c for c, f in table.features.items() if isinstance(f, ClassLabel)), None)
+        if label_column is None:
+            raise ValueError(f"{name_or_path} has no ClassLabel column for classification; columns: {list(table.features)}")
+        classnames = [normalize_classname(n) for n in table.features[label_column].names]
+        return ClassificationSet(name or label, classnames, images, list(table[label_column]), source=str(name_or_path))
+    caption_column = next((c for c in CAPTION_COLUMNS if c in table.features), None)
+    if caption_column is None:
+        raise ValueError(f"{name_or_path} has none of the caption columns {CAPTION_COLUMNS}: {list(table.features)}")
+    first_row: dict[bytes | Path, int] = {}  # one row per caption repeats the image: group rows by content
+    ordered: list[Path | bytes] = []
+    captions, owner = [], []
+    for image, value in zip(images, table[caption_column], strict=True):
+        sentences = [value] if isinstance(value, str) else list(value or [])
+        sentences = [t.strip() for t in sentences if t and t.strip()]
+        if not sentences:
+            continue
+        key = hashlib.sha256(image).digest() if isinstance(image, bytes) else image
+        if key not in first_row:
+            first_row[key] = len(ordered)
+            ordered.append(image)
+        captions += sentences
+        owner += [first_row[key]] * len(sentences)
+    if not ordered:
+        raise ValueError(f"{name_or_path} (split {split}) holds no captioned images")
+    return RetrievalSet(name or label, ordered, captions, owner, source=str(name_or_path))
+
+
+def _is_local_layout(name_or_path: str | os.PathLike) -> bool:
+    path = Path(name_or_path).expanduser()
+    return path.exists() and not any(path.rglob("*.parquet"))
+
+
 def load_eval_dataset(
     name_or_path: str | os.PathLike, task: Task, split: str = "test", name: str | None = None
 ) -> ClassificationSet | RetrievalSet | SeloSet:
     """The one entry point: ``task`` picks the layout; ``name_or_path`` is a folder or a Hub dataset id."""
+    if task in ("classification", "retrieval") and not _is_local_layout(name_or_path):
+        try:
+            return load_datasets_table(name_or_path, task, split, name)
+        except Exception as err:  # not a datasets table (or offline): fall back to the folder layouts
+            if Path(name_or_path).expanduser().exists():
+                raise
+            logger.info("%s is not a datasets table (%s); trying a snapshot of the folder layouts", name_or_path, err)
     if task == "classification":
         return load_image_folder(name_or_path, name)
     if task == "retrieval":
@@ -205,7 +271,7 @@ def load_eval_dataset(
     raise ValueError(f"unknown evaluation task {task!r}: use classification, retrieval or selo")
 
 
-def decode_images(paths: Sequence[Path]) -> tuple[list[Image.Image], list[int], list[str]]:
+def decode_images(paths: Sequence[Path | bytes]) -> tuple[list[Image.Image], list[int], list[str]]:
     """Decode ``paths`` to RGB; returns (images, indices of the decoded ones, messages for the skipped)."""
     images, kept, errors = [], [], []
     for index, path in enumerate(paths):
