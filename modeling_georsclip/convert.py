@@ -294,7 +294,7 @@ KNOWN_CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
     KnownCheckpoint(r"SkyCLIP_ViT_L14", "SkyCLIP ViT-L-14", "ViT-L-14-quickgelu",
                     "openai/clip-vit-large-patch14", "other", "OpenAI CLIP ViT-L/14 (QuickGELU)"),
     KnownCheckpoint(r"SkyCLIP_ViT_B32", "SkyCLIP ViT-B-32", "ViT-B-32",
-                    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "other", "open_clip ViT-B-32 laion2b_e16 (GELU)"),
+                    "timm/vit_base_patch32_clip_224.laion2b_e16", "other", "open_clip ViT-B-32 laion2b_e16 (GELU)"),
 )
 
 
