@@ -34,6 +34,7 @@ from PIL import Image
 
 from ..imaging import load_image
 from ..log import get_logger
+from .filters import dhash
 
 logger = get_logger(__name__)
 
@@ -303,9 +304,7 @@ def pixel_digest(path: str | os.PathLike) -> str:
 
 def difference_hash(path: str | os.PathLike, size: int = 16) -> int:
     """Perceptual dHash (``size``^2 bits): survives JPEG re-encoding and small resizes."""
-    gray = np.asarray(load_image(path).convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), np.int16)
-    bits = (gray[:, 1:] > gray[:, :-1]).ravel()
-    return int("".join("1" if b else "0" for b in bits), 2)
+    return dhash(load_image(path), size)
 
 
 def shared_images(
