@@ -87,6 +87,12 @@ def make_image_processor(image_size: int = 224, preset: str = "clip") -> OpenCLI
     )
 
 
+def crop_height(image_processor: Any) -> int:
+    """The square input size an image processor produces (its crop height; dict or SizeDict)."""
+    crop = image_processor.crop_size
+    return int(crop["height"] if isinstance(crop, dict) else getattr(crop, "height", crop))
+
+
 class GeoRSCLIPProcessor(CLIPProcessor):
     """A ``CLIPProcessor`` that cleans captions like open_clip and reads any remote-sensing image.
 

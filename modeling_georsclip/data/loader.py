@@ -48,7 +48,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..imaging import to_rgb
 from ..log import get_logger
-from ..processing import CONTEXT_LENGTH, clean_text
+from ..processing import CONTEXT_LENGTH, clean_text, crop_height
 
 logger = get_logger(__name__)
 
@@ -461,8 +461,8 @@ def build_train_dataset(
             return image_processor(img, return_tensors="pt")["pixel_values"][0]
 
     tokenizer = getattr(processor, "tokenizer", processor)
-    crop = getattr(getattr(processor, "image_processor", None), "crop_size", None)
-    draft_size = (crop["height"] if isinstance(crop, dict) else getattr(crop, "height", None)) if crop else None
+    sizing = getattr(processor, "image_processor", None)
+    draft_size = crop_height(sizing) if getattr(sizing, "crop_size", None) else None
     return StreamingPairs(
         resolved,
         tokenizer=tokenizer,

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..processing import crop_height
+
 
 def train_transform(
     image_size: int, mean: Sequence[float], std: Sequence[float], augment: bool = True
@@ -39,6 +41,4 @@ def train_transform(
 def transform_for_processor(processor, augment: bool = True) -> Callable[[Image.Image], torch.Tensor]:
     """``train_transform`` with the crop size and mean/std of ``processor.image_processor``."""
     ip = processor.image_processor
-    crop = ip.crop_size
-    size = crop["height"] if isinstance(crop, dict) else int(getattr(crop, "height", crop))
-    return train_transform(size, ip.image_mean, ip.image_std, augment=augment)
+    return train_transform(crop_height(ip), ip.image_mean, ip.image_std, augment=augment)
