@@ -15,6 +15,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from modeling_georsclip.data.loader import DataError
+    from modeling_georsclip.hub import PushError
     from modeling_georsclip.training import ConfigError, ResumeError, TrainConfig, train
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -36,11 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:
-        if type(err).__name__ == "PushError":
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
+    except PushError as err:  # everything was saved before the push was tried
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 
