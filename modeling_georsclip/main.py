@@ -139,8 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
             env = {}
             if args.num_processes > 1:
+                import torch
+
                 launch.append("--multi_gpu")
-                env["ACCELERATE_USE_CPU"] = os.environ.get("ACCELERATE_USE_CPU", "")
+                if not torch.cuda.is_available():  # else each CPU process would run alone as rank 0 of 1
+                    env["ACCELERATE_USE_CPU"] = "1"
             data_spec = json.dumps([{"path": dataset, "config": dataset_config}])
             timings["train"] = run_stage("train", [
                 *launch, "train.py", "--config", args.train_config, "--model", base, "--data", data_spec,
