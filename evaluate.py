@@ -8,7 +8,7 @@ This file shares its name with the ``evaluate`` library. Whenever the repository
 finds this file first. Imported under that name, it therefore replaces itself with the real library in
 ``sys.modules`` (the import system returns whatever ``sys.modules`` holds once the module has run), so
 ``import evaluate`` keeps meaning the Hugging Face library everywhere. Run as a script, it is ``__main__``
-and simply calls the package's CLI.
+and is a thin shim over ``modeling_georsclip.evaluate`` (same flags, same outputs).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _load_evaluate_library() -> None:
 
 
 if __name__ == "__main__":
-    from modeling_georsclip.evaluation.cli import main
+    from modeling_georsclip.evaluate import main
 
     sys.exit(main())
 elif __name__ == "evaluate":

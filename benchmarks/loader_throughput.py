@@ -50,8 +50,8 @@ def time_train_loader(
     sources: list[str], processor, workers: int, batch_size: int = 32, augment: bool = False
 ) -> tuple[int, float]:
     """(images, seconds) for one pass of the training loader over ``sources``; worker start-up excluded."""
-    from modeling_georsclip.data.loader import TrainLoader, build_train_dataset
     from modeling_georsclip.training.augment import transform_for_processor
+    from modeling_georsclip.training.stream import TrainLoader, build_train_dataset
 
     dataset = build_train_dataset(sources, processor=processor, batch_size=batch_size, shuffle_buffer=256,
                                   image_transform=transform_for_processor(processor, augment))

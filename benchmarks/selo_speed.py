@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import CLIPConfig
 
 from modeling_georsclip import GeoRSCLIPModel, GeoRSCLIPProcessor
-from modeling_georsclip.data.eval_datasets import SeloQuery, SeloSet
+from modeling_georsclip.evaluation.datasets import SeloQuery, SeloSet
 from modeling_georsclip.evaluation.selo import evaluate_selo, read_scene, selo_windows, window_crops
 from modeling_georsclip.metrics import EmbeddingSimilarity, retrieval_recall
 from modeling_georsclip.testing import tiny_clip

@@ -33,12 +33,12 @@ def _repeated_csv(spec, repeat: int) -> dict:
 def measure(config: str, steps: int, workers: int, overrides: list[str], repeat: int = 40) -> dict[str, float]:
     from accelerate import Accelerator
 
-    from modeling_georsclip.data.loader import SourceSpec, TrainLoader, build_train_dataset
     from modeling_georsclip.training.augment import transform_for_processor
     from modeling_georsclip.training.config import TrainConfig
     from modeling_georsclip.training.loop import _clip_core, load_model, prepare_trainable, set_cpu_threads
     from modeling_georsclip.training.loss import clamp_logit_scale_, clip_loss
     from modeling_georsclip.training.optim import build_optimizer, build_scheduler
+    from modeling_georsclip.training.stream import SourceSpec, TrainLoader, build_train_dataset
 
     cfg = TrainConfig.load(config, ["--num_workers", str(workers), *overrides])
     cfg.data = [_repeated_csv(SourceSpec.from_any(source), repeat) for source in cfg.data]

@@ -23,10 +23,10 @@ from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from .io import write_text_atomic
 from .log import get_logger
+from .resources import card_template
 
 logger = get_logger(__name__)
 
-TEMPLATE_DIR = Path(os.environ.get("GEORSCLIP_CARD_TEMPLATES", Path(__file__).resolve().parents[1] / "model_cards"))
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Hub widget examples: real remote-sensing images (public repositories, see samples/rs-samples/SOURCES.md)
@@ -116,7 +116,7 @@ def render_model_card(
     )
     return ModelCard.from_template(
         data,
-        template_path=str(TEMPLATE_DIR / "model_card.md"),
+        template_path=str(card_template("model_card.md")),
         model_name=model_name,
         repo_id=repo_id or model_name,
         description=description
@@ -262,6 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dry_run:
         print(f"pushed {len(plan)} files to {args.repo_id}")
     return 0
+
+
+def push_main(argv: Sequence[str] | None = None) -> int:
+    """``georsclip-push FOLDER --repo-id ...``: the console-script form of ``python -m modeling_georsclip.hub push``."""
+    return main(["push", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

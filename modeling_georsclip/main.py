@@ -30,11 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .log import get_logger
+from .resources import resolve_config, samples_dir
 
 logger = get_logger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "samples" / "rs-samples"
+SAMPLES = samples_dir()
 
 
 # The embedded demo trains a little longer than configs/tiny_cpu.yaml (which tests share) and validates on the
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--captions", type=Path, default=SAMPLES / "captions.csv", help="CSV file,caption[,source]")
     data.add_argument("--images", type=Path, default=SAMPLES / "images", help="image folder of --captions")
     train = parser.add_argument_group("training")
-    train.add_argument("--train-config", type=Path, default=REPO / "configs" / "tiny_cpu.yaml")
+    train.add_argument("--train-config", type=Path, default=resolve_config("tiny_cpu"))
     train.add_argument("--train-args", default=None,
                        help="extra train.py overrides, e.g. '--max_steps 100' (default for the embedded demo: "
                             f"'{DEMO_TRAIN_ARGS}')")

@@ -28,7 +28,7 @@ from modeling_georsclip.convert import (
 from modeling_georsclip.testing import perturbed_open_clip, tiny_open_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTIONS_FILE = REPO / "samples" / "rs-samples" / "rsitmd_test_caps.txt"
+CAPTIONS_FILE = REPO / "tests" / "data" / "rsitmd_test_caps.txt"
 TOLERANCE = 1e-4
 
 

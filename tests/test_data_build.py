@@ -53,7 +53,7 @@ def rs3_inputs(folder: Path, count: int = 12, offset: int = 0) -> tuple[Path, Pa
     """An rs3_dump-like captions CSV (real RS3 captions) with generated stand-in images."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
-    with open(SAMPLES / "rs3_dump_2k.csv", newline="", encoding="utf-8") as handle:
+    with open(ROOT / "tests" / "data" / "rs3_dump_2k.csv", newline="", encoding="utf-8") as handle:
         dump = [r for r in csv.DictReader(handle) if r["caption"].strip()][offset : offset + count]
     rows = []
     for i, row in enumerate(dump):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from modeling_georsclip.data.eval_datasets import (
+from modeling_georsclip.evaluation.datasets import (
     decode_images,
     deduplicate_against,
     load_eval_dataset,
@@ -114,7 +114,7 @@ def test_classification_from_a_datasets_table_with_classlabel(tmp_path):
     from datasets import ClassLabel, Features
     from datasets import Image as ImageFeature
 
-    from modeling_georsclip.data.eval_datasets import decode_images, load_eval_dataset
+    from modeling_georsclip.evaluation.datasets import decode_images, load_eval_dataset
 
     airport = (SAMPLE_IMAGES / "remoteclip__airport.jpg").read_bytes()
     stadium = (SAMPLE_IMAGES / "cliprsicd__stadium_1.jpg").read_bytes()
@@ -132,7 +132,7 @@ def test_retrieval_from_a_datasets_table(tmp_path, layout):
     from datasets import Features, Sequence, Value
     from datasets import Image as ImageFeature
 
-    from modeling_georsclip.data.eval_datasets import load_eval_dataset
+    from modeling_georsclip.evaluation.datasets import load_eval_dataset
 
     a = (SAMPLE_IMAGES / "retrievalsys__00013.jpg").read_bytes()
     b = (SAMPLE_IMAGES / "retrievalsys__00256.jpg").read_bytes()

@@ -15,8 +15,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from modeling_georsclip import GeoRSCLIPModel, GeoRSCLIPProcessor, pooled
-from modeling_georsclip.data.eval_datasets import load_eval_dataset
 from modeling_georsclip.evaluation import cli
+from modeling_georsclip.evaluation.datasets import load_eval_dataset
 from modeling_georsclip.evaluation.fixtures import make_eval_fixture
 from modeling_georsclip.evaluation.retrieval import evaluate_retrieval
 from modeling_georsclip.evaluation.selo import mean_heat_map, probability_map, selo_windows, window_crops

@@ -12,8 +12,8 @@ from datasets import Dataset, Features, Value
 from datasets import Image as HFImage
 from PIL import Image
 
-from modeling_georsclip.data.loader import DataError, TrainLoader, build_train_dataset
 from modeling_georsclip.processing import GeoRSCLIPProcessor
+from modeling_georsclip.training.stream import DataError, TrainLoader, build_train_dataset
 
 PROCESSOR = GeoRSCLIPProcessor.default(image_size=32)
 FEATURES = Features({"image": HFImage(), "caption": Value("string"), "source": Value("string"),

@@ -12,7 +12,7 @@ from modeling_georsclip import GeoRSCLIPProcessor, load_tokenizer
 from modeling_georsclip.testing import tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTIONS = REPO / "samples" / "rs-samples" / "rsitmd_test_caps.txt"
+CAPTIONS = REPO / "tests" / "data" / "rsitmd_test_caps.txt"
 EOS, SOT, CONTEXT = 49407, 49406, 77
 
 

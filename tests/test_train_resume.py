@@ -83,7 +83,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
 def test_missing_data_is_a_clear_error(tmp_path):
     cfg = TrainConfig.load(ROOT / "configs/tiny_cpu.yaml", ["--output_dir", str(tmp_path / "x"),
                                                             "--data", "[nowhere/captions.csv]"])
-    from modeling_georsclip.data.loader import DataError
+    from modeling_georsclip.training.stream import DataError
 
     with pytest.raises(DataError, match="nowhere/captions.csv does not exist"):
         train(cfg)

@@ -1,7 +1,7 @@
 """RS5M as a Hub dataset: shard format, builder with the paper's curation steps, keyword filter, dataset card.
 
-The streaming training loader (``data.loader``) and the evaluation datasets (``data.eval_datasets``) live
-in their own modules.
+The training stream lives in ``training.stream`` and the evaluation datasets in ``evaluation.datasets``;
+this package keeps the dataset itself (builder, curation filters, shards, card).
 """
 
 from .filters import (

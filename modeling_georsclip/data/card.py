@@ -19,12 +19,12 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from ..hub import push_folder, upload_plan
 from ..io import write_text_atomic
 from ..log import get_logger
+from ..resources import card_template
 from .filters import REPORT_COLUMNS
 from .shards import CONFIGS, DEFAULT_CONFIG, FEATURES, PUB11_SOURCES, RS3_SOURCES, shard_glob
 
 logger = get_logger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "dataset_card.md"
 # Never uploaded: resume state and temp/hidden files of an unfinished write.
 UPLOAD_IGNORE = [".build/**", ".build", "**/.*.tmp-*", ".*.tmp-*"]
 SPLIT_ORDER = ("train", "validation", "test")
@@ -136,7 +136,7 @@ def render_dataset_card(out: str | os.PathLike, template_path: str | os.PathLike
             })
     return DatasetCard.from_template(
         data,
-        template_path=str(template_path or TEMPLATE),
+        template_path=str(template_path or card_template("dataset_card.md")),
         columns=REPORT_COLUMNS,
         statistics=statistics,
         configs=list(splits),

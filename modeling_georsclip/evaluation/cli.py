@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.eval_datasets import load_eval_dataset
 from ..io import write_text_atomic
 from ..log import get_logger
 from .common import is_main_process, load_model
+from .datasets import load_eval_dataset
 from .results import load_runs, model_index_entries, results_markdown
 from .retrieval import evaluate_retrieval
 from .selo import evaluate_selo

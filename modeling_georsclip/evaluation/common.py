@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,28 +9,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data.eval_datasets import decode_images
+from ..inference import load_model  # noqa: F401  (re-exported: the evaluation tasks load through it)
 from ..log import get_logger
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
+from .datasets import decode_images
 
 logger = get_logger(__name__)
-
-
-def load_model(model: str | os.PathLike, device: str | torch.device | None = None):
-    """``(GeoRSCLIPModel, GeoRSCLIPProcessor)`` from a folder or Hub id, float32, eval mode.
-
-    A checkpoint without processor files gets the default GeoRSCLIP processor for its image size.
-    """
-    net = GeoRSCLIPModel.from_pretrained(str(model), dtype=torch.float32).eval()
-    if device is not None:
-        net = net.to(device)
-    try:
-        processor = GeoRSCLIPProcessor.from_pretrained(str(model))
-    except (OSError, ValueError, TypeError) as err:
-        logger.warning("no processor in %s (%s); using the default GeoRSCLIP processor", model, err)
-        processor = GeoRSCLIPProcessor.default(image_size=net.config.vision_config.image_size)
-    return net, processor
 
 
 def is_main_process(accelerator: Any | None) -> bool:

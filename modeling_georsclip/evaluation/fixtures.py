@@ -16,7 +16,9 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "rs-samples"
+from ..resources import samples_dir
+
+SAMPLES = samples_dir()
 
 # class folder -> vendored images (labels from file names or captions of their source, see SOURCES.md)
 ZSC_CLASSES = {

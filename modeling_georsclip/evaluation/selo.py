@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.eval_datasets import SeloSet, load_eval_dataset
 from ..imaging import load_image
 from ..io import atomic_file
 from ..log import get_logger
@@ -40,6 +39,7 @@ from ..metrics import selo_scores
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
 from .common import gather, is_main_process, load_model, shard
+from .datasets import SeloSet, load_eval_dataset
 
 logger = get_logger(__name__)
 

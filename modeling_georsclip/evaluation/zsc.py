@@ -10,11 +10,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..data.eval_datasets import ClassificationSet, load_eval_dataset
 from ..metrics import accuracy
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
 from .common import embed_images, load_model
+from .datasets import ClassificationSet, load_eval_dataset
 from .templates import templates_for
 
 

@@ -24,7 +24,7 @@ class TrainConfig:
     model: str = "tiny"  # "tiny" (random tiny CLIP, for tests/demo), a local folder or a Hub id
     tiny_image_size: int = 32  # image size of the tiny model
     normalization: str = "clip"  # processor normalisation preset when the model folder has no processor
-    # ---- data (see modeling_georsclip.data.loader.SourceSpec for the keys of each source)
+    # ---- data (see modeling_georsclip.training.stream.SourceSpec for the keys of each source)
     data: list[Any] = dataclasses.field(default_factory=list)
     val_data: Any = None  # one source (CSV + images, parquet, dataset folder) for retrieval recall
     val_max_samples: int = 1000

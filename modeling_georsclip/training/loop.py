@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..data.loader import DataError, SourceSpec, TrainLoader, build_train_dataset, decode_pair
 from ..hub import write_model_card
 from ..io import atomic_dir, atomic_file, write_text_atomic
 from ..log import get_logger
@@ -35,6 +34,7 @@ from .config import ConfigError, TrainConfig
 from .loss import clamp_logit_scale_, clip_loss
 from .optim import build_optimizer, build_scheduler
 from .peft_utils import apply_peft, lock_tower, merged_clip, save_peft_outputs
+from .stream import DataError, SourceSpec, TrainLoader, build_train_dataset, decode_pair
 
 logger = get_logger(__name__)
 
@@ -106,7 +106,7 @@ class ValidationSet:
     """Image-caption pairs for retrieval recall: unique images, captions with the index of their image."""
 
     def __init__(self, source: Any, processor, max_samples: int):
-        from ..data.loader import StreamingPairs, _resolve_csv, _resolve_files
+        from .stream import StreamingPairs, _resolve_csv, _resolve_files
 
         spec = SourceSpec.from_any(source)
         resolved = _resolve_csv(spec) if spec.resolved_kind() == "csv" else _resolve_files(spec)

@@ -32,9 +32,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from ..data.filters import dhash
 from ..imaging import load_image
 from ..log import get_logger
-from .filters import dhash
 
 logger = get_logger(__name__)
 
