@@ -38,8 +38,6 @@ ROWS, BATCH, BUFFER, WORKERS, PROCESSES = 64, 2, 5, 2, 2
 ROWS_PER_WORKER = ROWS // (PROCESSES * WORKERS)
 MAX_STEPS, CHECKPOINT_EVERY, EVAL_EVERY = 20, 12, 7
 
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -157,6 +155,7 @@ def worker_positions(checkpoint: Path) -> dict[str, dict]:
     return positions
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_mid_block_then_resume_gives_identical_weights(runs):
     tmp, data = runs["tmp"], runs["data"]
     out = tmp / "killed"
@@ -201,6 +200,7 @@ def test_sigkill_mid_epoch_mid_block_then_resume_gives_identical_weights(runs):
     assert summary["steps"] == MAX_STEPS and summary["epochs_started"] == 2
 
 
+@pytest.mark.slow
 def test_two_process_run_validates_checkpoints_and_saves(runs):
     from transformers import CLIPModel
 
@@ -229,6 +229,7 @@ def test_two_process_run_validates_checkpoints_and_saves(runs):
     assert model.logit_scale.item() == pytest.approx(trained["logit_scale"].item())
 
 
+@pytest.mark.slow
 def test_two_machines_one_process_each_equal_one_machine_with_two(runs):
     launches = runs["launches"]
     for name in ("machine0", "machine1", "reference"):
@@ -239,3 +240,35 @@ def test_two_machines_one_process_each_equal_one_machine_with_two(runs):
     assert {f"random_states_{r}.pkl" for r in range(PROCESSES)} <= {p.name for p in checkpoint.iterdir()}
     assert len(worker_positions(checkpoint)) == PROCESSES * WORKERS
     assert_same_weights(final_weights(runs["tmp"] / "reference"), final_weights(out))
+
+
+def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
+    """scripts/slurm/train_multinode.sbatch under stub srun/scontrol: the launcher arguments each node gets."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {
+        # srun on 3 nodes: the same command once per node, with that node's SLURM_NODEID
+        "srun": 'while [[ "$1" == --* ]]; do shift; done\n'
+                'for node in 0 1 2; do SLURM_NODEID=$node "$@" || exit 1; done\n',
+        "scontrol": 'echo gpu-node-17; echo gpu-node-18; echo gpu-node-19\n',
+        "fake-launch": 'python3 -c "import json, os, sys; print(json.dumps(sys.argv[1:]))" "$@" '
+                       '>> "$CALLS"\n',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NNODES": "3",
+           "SLURM_JOB_NODELIST": "gpu-node-[17-19]", "SLURM_JOB_NAME": "rs5m", "SLURM_SUBMIT_DIR": str(ROOT),
+           "GPUS_PER_NODE": "4", "LAUNCHER": "fake-launch", "CALLS": str(tmp_path / "calls.jsonl")}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "train_multinode.sbatch"), "--lr", "1e-4"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 3
+    for rank, args in enumerate(calls):
+        options = dict(zip(args[1:11:2], args[2:11:2], strict=True))
+        assert args[0] == "--multi_gpu"
+        assert options == {"--num_machines": "3", "--machine_rank": str(rank), "--num_processes": "12",
+                           "--main_process_ip": "gpu-node-17", "--main_process_port": "29500"}
+        assert args[11:] == [str(ROOT / "train.py"), "--config", "ret2", "--output_dir", "runs/rs5m",
+                             "--resume", "latest", "--lr", "1e-4"]
