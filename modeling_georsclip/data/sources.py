@@ -16,7 +16,7 @@ import glob
 import os
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,17 +113,24 @@ def _split_member(name: str) -> tuple[str, str]:
     return posixpath.join(directory, stem), suffix.lower()
 
 
-def _pick(fields: dict[str, bytes], names: Sequence[str]) -> bytes | None:
-    for name in names:
-        if name in fields:
-            return fields[name]
-    return None
+def release_fields(available: Iterable[str]) -> tuple[str | None, str | None, str | None]:
+    """The fields of a release sample holding its image, caption and original image name (None: absent).
+
+    Shared by the builder (tar members) and the training stream (``datasets`` webdataset columns).
+    """
+    have = set(available)
+
+    def first(names: Sequence[str]) -> str | None:
+        return next((name for name in names if name in have), None)
+
+    return first(TAR_IMAGE_FIELDS), first(TAR_CAPTION_FIELDS), first(TAR_NAME_FIELDS)
 
 
 def _tar_sample(archive: str, sample_key: str, fields: dict[str, bytes], index: int, source: str) -> Item:
-    image = _pick(fields, TAR_IMAGE_FIELDS)
-    caption_bytes = _pick(fields, TAR_CAPTION_FIELDS)
-    name_bytes = _pick(fields, TAR_NAME_FIELDS)
+    image_field, caption_field, name_field = release_fields(fields)
+    image = fields.get(image_field) if image_field else None
+    caption_bytes = fields.get(caption_field) if caption_field else None
+    name_bytes = fields.get(name_field) if name_field else None
     key = posixpath.basename(sample_key)
     if name_bytes is not None:
         key = name_bytes.decode("utf-8", errors="replace").strip()

@@ -1,4 +1,5 @@
-"""Streaming training loader for image-caption pairs: RS5M parquet shards (local or Hub), CSV + image folders.
+"""Streaming training loader for image-caption pairs: RS5M parquet shards (local or Hub), the RS5M release's
+webdataset tars (local or Hub), CSV + image folders.
 
     dataset = build_train_dataset([SourceSpec("path/or/hub-id", config="pub11")], processor=processor,
                                   batch_size=256, rank=accelerator.process_index,
@@ -12,7 +13,8 @@
 Design (and why some of it is hand-written):
 
 - Reading is ``datasets``: ``load_dataset(..., streaming=True)`` for the parquet/webdataset shards of a local
-  folder or Hub repo, ``IterableDataset.from_generator`` for CSV + image folders, ``concatenate_datasets`` or
+  folder or Hub repo (the release tars' ``img_content``/``caption``/``img_name`` columns are mapped to
+  ``image``/``caption`` and the image's key, see ``_standard_columns``), ``IterableDataset.from_generator`` for CSV + image folders, ``concatenate_datasets`` or
   ``interleave_datasets(probabilities=...)`` to mix sources, and ``split_dataset_by_node`` to give each accelerate
   process its own shards. Inside a dataloader worker, ``datasets`` gives each worker its own shards. Images are read
   with ``Image(decode=False)``: a corrupt image would otherwise kill the datasets iterator and the rest of its shard.
@@ -64,6 +66,8 @@ SKIP_KINDS = (
 )
 
 _ROW_FEATURES = None  # built lazily (datasets import is slow)
+# Local data files read by a ``datasets`` packaged builder of the same name, by extension.
+FILE_KINDS = {"parquet": ".parquet", "webdataset": ".tar"}
 
 
 def _row_features():
@@ -87,7 +91,9 @@ class SourceSpec:
     """One training data source.
 
     ``path``: a Hub dataset id, a local dataset folder (README.md YAML ``configs:``), parquet file(s)/folder/glob,
-    or a CSV file (columns ``file,caption``) whose images live in ``images`` (default: the CSV's folder).
+    webdataset tar file(s)/folder/glob (the RS5M release layout ``KEY.img_content``, ``KEY.img_name``,
+    ``KEY.caption``, or ``KEY.jpg``/``KEY.txt``), or a CSV file (columns ``file,caption``) whose images live in
+    ``images`` (default: the CSV's folder).
     ``weight``: sampling weight when mixing (all sources need one, or none: then they are concatenated).
     """
 
@@ -96,7 +102,7 @@ class SourceSpec:
     split: str = "train"
     weight: float | None = None
     images: str | None = None
-    kind: str = "auto"  # auto | hub | parquet | csv
+    kind: str = "auto"  # auto | hub | parquet | webdataset | csv
 
     @classmethod
     def from_any(cls, value: str | dict | SourceSpec) -> SourceSpec:
@@ -113,17 +119,22 @@ class SourceSpec:
 
     def resolved_kind(self) -> str:
         if self.kind != "auto":
-            if self.kind not in ("hub", "parquet", "csv"):
-                raise DataError(f"data source {self.path}: unknown kind {self.kind!r} (hub, parquet or csv)")
+            if self.kind not in (*FILE_KINDS, "hub", "csv"):
+                raise DataError(f"data source {self.path}: unknown kind {self.kind!r} "
+                                "(hub, parquet, webdataset or csv)")
             return self.kind
         lower = self.path.lower()
         if lower.endswith((".csv", ".tsv")):
             return "csv"
+        if lower.endswith(".tar"):
+            return "webdataset"
         if lower.endswith(".parquet") or "*" in self.path:
             return "parquet"
         p = Path(self.path)
-        if p.is_dir() and not (p / "README.md").exists() and any(p.rglob("*.parquet")):
-            return "parquet"
+        if p.is_dir() and not (p / "README.md").exists():
+            for kind, extension in FILE_KINDS.items():
+                if any(p.rglob(f"*{extension}")):
+                    return kind
         return "hub"  # a Hub id or a local dataset folder with a dataset card
 
 
@@ -153,10 +164,10 @@ def _resolve_files(spec: SourceSpec) -> _ResolvedSource:
 
     kind = spec.resolved_kind()
     try:
-        if kind == "parquet":
+        if kind in FILE_KINDS:
             p = Path(spec.path)
-            pattern = str(p / "**" / "*.parquet") if p.is_dir() else spec.path
-            builder = load_dataset_builder("parquet", data_files={spec.split: pattern})
+            pattern = str(p / "**" / f"*{FILE_KINDS[kind]}") if p.is_dir() else spec.path
+            builder = load_dataset_builder(kind, data_files={spec.split: pattern})
         else:
             builder = load_dataset_builder(spec.path, spec.config)
     except FileNotFoundError as err:
@@ -197,6 +208,50 @@ def _resolve_csv(spec: SourceSpec) -> _ResolvedSource:
         for row in reader
     ]
     return _ResolvedSource(spec=spec, kind="csv", rows=rows, num_rows=len(rows))
+
+
+def _standard_columns(ds, where: str):
+    """``image`` (undecoded) and ``caption`` (bytes) columns, from RS5M parquet or the release's webdataset tars.
+
+    The release tars (``KEY.img_content``, ``KEY.img_name``, ``KEY.caption``; fields as ``data.sources`` reads
+    them for the builder) stream as bytes columns of those names; the image becomes ``image`` with the original
+    image name (else the sample key) as its path, the caption stays bytes so that the worker counts a non-UTF-8
+    one as ``caption_not_utf8`` instead of the stream failing.
+    """
+    from datasets import Image as HFImage
+    from datasets import Value
+
+    from ..data.sources import release_fields  # (imports datasets: kept out of this module's import)
+
+    columns = list(ds.column_names or [])
+    if {"image", "caption"} <= set(columns):
+        return ds.select_columns(["image", "caption"]).cast(_row_features())
+    image, caption, name = release_fields(columns)
+    if image is None or caption is None:
+        missing = sorted({"image", "caption"} - set(columns))
+        raise DataError(f"data source {where}: missing column(s) {missing} (have {columns}; webdataset tars need "
+                        "KEY.img_content or KEY.jpg and KEY.caption or KEY.txt members)")
+    # Cast first: a ``.jpg`` column is typed as a decoded Image, and map() would decode (and die on) every image.
+    ds = ds.cast_column(image, HFImage(decode=False)).cast_column(caption, Value("binary"))
+    key = name or ("__key__" if "__key__" in columns else None)
+    return ds.map(_release_row, fn_kwargs={"image": image, "caption": caption, "key": key},
+                  remove_columns=columns, features=_row_features())
+
+
+def _check_columns(source: _ResolvedSource) -> None:
+    """Open the first data file once, so that unusable columns stop the run here rather than in a worker."""
+    from datasets import load_dataset
+
+    split = source.spec.split
+    ds = load_dataset(source.builder, data_files={split: source.files[:1]}, split=split, streaming=True)
+    _standard_columns(ds, source.spec.path)
+
+
+def _release_row(row: dict, image: str, caption: str, key: str | None) -> dict:
+    name = row[key] if key else None
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", errors="replace").strip()
+    return {"image": {"bytes": row[image]["bytes"], "path": name or None}, "caption": row[caption]}
 
 
 def _csv_rows(rows: list[list[tuple[str, bytes]]]) -> Iterator[dict]:
@@ -348,10 +403,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                 ds = load_dataset(
                     source.builder, data_files={source.spec.split: files}, split=source.spec.split, streaming=True
                 )
-                missing = {"image", "caption"} - set(ds.column_names or [])
-                if missing:
-                    raise DataError(f"data source {source.spec.path}: missing column(s) {sorted(missing)}")
-                ds = ds.select_columns(["image", "caption"]).cast(_row_features())
+                ds = _standard_columns(ds, source.spec.path)
             parts.append(ds)
         if len(parts) == 1:
             ds = parts[0]
@@ -454,6 +506,8 @@ def build_train_dataset(
     for source in resolved:
         if source.num_rows == 0:
             raise DataError(f"data source {source.spec.path} (split {source.spec.split}) is empty")
+        if source.kind == "files":
+            _check_columns(source)
     if image_transform is None:
         image_processor = processor.image_processor
 
