@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -224,12 +226,44 @@ def build(
     return BuildResult(out, config, split, report, progress.shard_files, rows)
 
 
+def _exit_with(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """Pool initializer: end this worker when the build process ``parent_pid`` dies, even by SIGKILL.
+
+    ProcessPoolExecutor workers block on a queue whose pipe they hold open themselves, so a killed build
+    would leave them alive for good (seen: two ~500 MB workers 30 minutes after a SIGKILL). Linux gets the
+    kernel's PR_SET_PDEATHSIG; every platform also gets a daemon thread that polls the parent pid.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol (static builds): the watchdog below still runs
+            pass
+    if os.getppid() != parent_pid:  # the build died before the line above ran
+        os._exit(1)
+    import threading
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:  # reparented: the build is gone
+                os._exit(1)
+
+    threading.Thread(target=watchdog, name="georsclip-parent-watchdog", daemon=True).start()
+
+
 def _prepared_stream(items: Iterable[Item], settings: FilterSettings, workers: int) -> Iterator[Prepared]:
     worker = _Prepare(settings)
     if workers <= 1:
         yield from map(worker, items)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # fork keeps the build process the workers' parent, which both guards in _exit_with rely on
+    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_exit_with,
+                             initargs=(os.getpid(),)) as pool:
         # map() keeps input order; chunks amortise pickling. It submits eagerly, so feed it in windows.
         window: list[Item] = []
         for item in items:
