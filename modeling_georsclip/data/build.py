@@ -393,9 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     if settings.on("outlier"):
         if not args.outlier_model:
             raise SystemExit("error: --filters outlier needs --outlier-model DIR")
+        from ..inference import ModelLoadError
         from .filters import OutlierScorer
 
-        outlier = OutlierFilter(OutlierScorer(args.outlier_model), threshold=args.outlier_threshold)
+        try:
+            outlier = OutlierFilter(OutlierScorer(args.outlier_model), threshold=args.outlier_threshold)
+        except ModelLoadError as err:
+            print(f"error: --outlier-model: {err}", file=sys.stderr)
+            return 2
 
     if chosen[0]:
         description = {"captions": _file_identity(args.captions), "images": str(Path(args.images).resolve())}

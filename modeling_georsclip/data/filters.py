@@ -182,16 +182,13 @@ class OutlierScorer:
         negative: Sequence[str] = NOT_RS_PROMPTS,
         batch_size: int = 32,
     ):
-        import torch
 
-        from ..modeling import GeoRSCLIPModel
-        from ..processing import GeoRSCLIPProcessor
+        from ..inference import load_model
 
         if model is None:
             if model_dir is None:
                 raise ValueError("OutlierScorer needs model_dir or model + processor")
-            model = GeoRSCLIPModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-            processor = GeoRSCLIPProcessor.from_pretrained(str(model_dir))
+            model, processor = load_model(model_dir)  # ModelLoadError naming a missing/corrupt model folder
         if processor is None:
             raise ValueError("OutlierScorer needs a processor with the model")
         if not positive or not negative:
