@@ -37,6 +37,7 @@ def test_output_folder_holds_checkpoint_card_results_and_pictures(main_job):
     for name in ("model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
         assert (model / name).is_file(), name
     card = ModelCard.load(model / "README.md")
+    assert str(out) not in str(card) and str(Path.home()) not in str(card), "a card carries a local absolute path"
     assert card.data.pipeline_tag == "zero-shot-image-classification" and card.data.widget
     evaluated = {r.dataset_name for r in card.data.eval_results}
     assert {"rs-scenes", "rs-captions", "AIR-SLT-mini"} <= evaluated
