@@ -43,7 +43,6 @@ unzip and pass the ``.pt`` file (a ``{"state_dict": {"module.*"}}`` training che
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -58,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from .hub import write_model_card
+from .io import sha256_file
 from .log import get_logger
 from .resources import arch_names, get_arch_config
 
@@ -333,14 +333,6 @@ def fetch_checkpoint(source: str, cache_dir: str | None = None) -> Path:
     except Exception as err:  # noqa: BLE001 - every Hub failure becomes one clear line
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConversionError(f"cannot download {source}: {type(err).__name__}: {first_line}") from err
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -653,7 +645,7 @@ def convert(
     logger.info("reading %s", path)
     state, layout = normalize_state_dict(read_checkpoint(path, checkpoint), checkpoint)
     validate_state_dict(state, spec, checkpoint)
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     logger.info("layout: %s; %d tensors match %s (%s)", layout, len(state), spec.name, spec.activation)
 
     model = build_model(state, spec)

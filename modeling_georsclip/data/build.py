@@ -16,7 +16,7 @@ arguments resumes from its last recorded shard and produces the same shards as a
 from __future__ import annotations
 
 import argparse
-import hashlib
+import functools
 import json
 import multiprocessing
 import os
@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..imaging import load_image
-from ..io import write_text_atomic
+from ..io import json_digest, write_text_atomic
 from ..log import get_logger
 from .filters import (
     PERCEPTUAL_HASHES,
@@ -125,16 +125,6 @@ def prepare(item: Item, settings: FilterSettings) -> Prepared:
     return result
 
 
-class _Prepare:
-    """Picklable ``prepare`` bound to the settings (for the process pool)."""
-
-    def __init__(self, settings: FilterSettings):
-        self.settings = settings
-
-    def __call__(self, item: Item) -> Prepared:
-        return prepare(item, self.settings)
-
-
 @dataclass
 class BuildResult:
     out: Path
@@ -143,10 +133,6 @@ class BuildResult:
     report: CurationReport
     shards: list[str]
     rows: int
-
-
-def _fingerprint(description: dict) -> str:
-    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _file_identity(path: str | os.PathLike) -> dict:
@@ -188,7 +174,7 @@ def build(
         "settings": asdict(settings),
         "outlier_threshold": outlier.threshold if outlier else None,
     }
-    progress = BuildProgress.open(out, config, split, _fingerprint(description), overwrite=overwrite)
+    progress = BuildProgress.open(out, config, split, json_digest(description), overwrite=overwrite)
     dedup = DuplicateFilter(settings.near_threshold if settings.on("dedup") else None)
     for digest, perceptual in progress.remembered():
         dedup.remember(digest, perceptual)
@@ -256,7 +242,7 @@ def _exit_with(parent_pid: int, poll_seconds: float = 1.0) -> None:
 
 
 def _prepared_stream(items: Iterable[Item], settings: FilterSettings, workers: int) -> Iterator[Prepared]:
-    worker = _Prepare(settings)
+    worker = functools.partial(prepare, settings=settings)  # picklable for the process pool
     if workers <= 1:
         yield from map(worker, items)
         return

@@ -14,7 +14,6 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -284,13 +283,3 @@ class CurationReport:
     def table_rows(self) -> list[tuple[str, int]]:
         """``(column, pairs)`` in the paper's order, for the dataset card."""
         return [(name, getattr(self, name)) for name in REPORT_COLUMNS]
-
-
-def load_report(path: str | os.PathLike) -> CurationReport:
-    """Read a report JSON written by the builder."""
-    import json
-
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    report = CurationReport()
-    report.add(data.get("counts", data))
-    return report

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..inference import load_pretrained
-from ..io import atomic_dir, atomic_file, write_text_atomic
+from ..io import atomic_dir, atomic_file, json_digest, write_text_atomic
 from ..log import get_logger
 from ..metrics import retrieval_recall
 from ..modeling import GeoRSCLIPModel, pooled
@@ -75,8 +75,7 @@ def model_fingerprint(model, cfg: TrainConfig) -> dict[str, Any]:
                                           "lock_text_unlocked_layers", "train_logit_scale")}
     if cfg.peft:
         modes.update({k: getattr(cfg, k) for k in ("peft_r", "peft_towers", "peft_targets")})
-    blob = json.dumps({"arch": arch, "modes": modes}, sort_keys=True)
-    return {"arch": arch, "modes": modes, "sha": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+    return {"arch": arch, "modes": modes, "sha": json_digest({"arch": arch, "modes": modes})[:16]}
 
 
 def prepare_trainable(model: GeoRSCLIPModel, cfg: TrainConfig):
