@@ -592,15 +592,6 @@ def open_clip_parity(state: Mapping[str, torch.Tensor], spec: ArchSpec, referenc
     }
 
 
-# --------------------------------------------------------------------------------------------- model card
-def _write_card(folder: Path, *, model_name: str, known: KnownCheckpoint | None, license: str | None,
-                provenance: dict[str, Any], description: str) -> None:
-    base_model = known.base_model if known else None
-    license = license or (known.license if known else "other")
-    write_model_card(folder, model_name=model_name, base_model=base_model, license=license,
-                     provenance=provenance, description=description)
-
-
 # -------------------------------------------------------------------------------------------------- driver
 @dataclass
 class ConversionResult:
@@ -686,8 +677,9 @@ def convert(
         )
         if known:
             description += f" Initialised from {known.initialised_from} before remote-sensing training."
-        _write_card(tmp, model_name=name, known=known, license=license, provenance=provenance,
-                    description=description)
+        write_model_card(tmp, model_name=name, base_model=known.base_model if known else None,
+                         license=license or (known.license if known else "other"), provenance=provenance,
+                         description=description)
         (tmp / "conversion.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n", encoding="utf-8")
     return ConversionResult(output=output, arch=spec.name, layout=layout, sha256=digest, parity=parity)
 
