@@ -114,6 +114,20 @@ def test_packaged_arch_json_is_open_clips_own_config(name):
     assert name in ARCHS
 
 
+def test_get_arch_config_takes_names_slash_spellings_and_paths(tmp_path):
+    from modeling_georsclip.resources import ResourceError
+
+    assert get_arch_config("ViT-B/32") == get_arch_config("ViT-B-32") == open_clip.get_model_config("ViT-B-32")
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps(tiny_open_clip_config(True)))
+    assert get_arch_config(str(custom)) == tiny_open_clip_config(True)
+    with pytest.raises(ResourceError, match="unknown arch 'ViT-Z-99'.*ViT-B-32-quickgelu"):
+        get_arch_config("ViT-Z-99")
+    custom.write_text("{}")
+    with pytest.raises(ValueError, match="no embed_dim"):
+        get_arch_config(custom)
+
+
 def test_arch_table_has_the_required_names():
     required = {"ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "ViT-L-14",
                 "ViT-L-14-quickgelu", "ViT-L-14-336", "ViT-H-14"}
