@@ -1,32 +1,25 @@
-"""Loader images/s per worker against the PIL decode + resize limit measured in the same run.
+"""Loader images/s per worker against the decode limit measured in the same run.
 
-    PYTHONPATH=. python benchmarks/loader_throughput.py [--images samples/rs-samples/images] [--workers 2]
+    PYTHONPATH=. python benchmarks/loader_throughput.py [--images DIR] [--workers 2]
 
-``measure_loader_throughput(image_files, ...)`` is importable (benchmarks/data_throughput.py uses it). The limit is
-one process doing nothing but ``PIL.Image.open(...).convert("RGB").resize(...)`` on the same encoded images; the
-loader runs its whole path (parquet streaming, block shuffle, decode, to-RGB, processor or augmentation, tokenise,
-batch, worker -> main transfer). Goal (issue 3): loader images/s per worker >= 0.8 x the limit.
+``measure_loader_throughput(image_files, ...)`` is importable. The limit (``decode_limit.py``, shared with
+data_throughput.py) is one process doing nothing but decode -- with the loader's own JPEG draft size -- to-RGB
+and resize on the same encoded images; the loader runs its whole path (parquet streaming, block shuffle,
+decode, to-RGB, processor or augmentation, tokenise, batch, worker -> main transfer). Goal (issue 3): loader
+images/s per worker >= 0.8 x the limit.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
+from decode_limit import decode_limit, loader_draft_size
 
-
-def pil_decode_resize_limit(encoded: list[bytes], size: int, seconds: float = 3.0) -> float:
-    """Images/s of a tight PIL decode + bicubic resize loop (one process) over ``encoded``."""
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or done < len(encoded):
-        img = Image.open(io.BytesIO(encoded[done % len(encoded)])).convert("RGB")
-        img.resize((size, size), Image.Resampling.BICUBIC)
-        done += 1
-    return done / (time.perf_counter() - start)
+from modeling_georsclip.data.sources import IMAGE_EXTENSIONS
+from modeling_georsclip.resources import samples_dir
 
 
 def _write_shards(encoded: list[bytes], folder: Path, shards: int) -> Path:
@@ -72,24 +65,24 @@ def measure_loader_throughput(
 
     encoded = [Path(f).read_bytes() for f in image_files] * repeat
     processor = GeoRSCLIPProcessor.default(image_size=image_size)
-    limit = pil_decode_resize_limit(encoded, image_size, limit_seconds)
+    limit = decode_limit(encoded, image_size, loader_draft_size(processor), limit_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         shards = _write_shards(encoded, Path(tmp), shards=max(2 * workers, 2))
         images, elapsed = time_train_loader([str(shards)], processor, workers, batch_size, augment)
     per_worker = images / elapsed / max(workers, 1)
-    return {"pil_limit_img_s": limit, "loader_img_s": images / elapsed, "loader_img_s_per_worker": per_worker,
+    return {"decode_limit_img_s": limit, "loader_img_s": images / elapsed, "loader_img_s_per_worker": per_worker,
             "ratio_per_worker_vs_limit": per_worker / limit, "images": images, "workers": workers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", default="samples/rs-samples/images")
+    parser.add_argument("--images", default=str(samples_dir() / "images"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeat", type=int, default=16)
     parser.add_argument("--augment", action="store_true")
     args = parser.parse_args()
-    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif"})
+    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     result = measure_loader_throughput(files, workers=args.workers, image_size=args.image_size, repeat=args.repeat,
                                        augment=args.augment)
     for key, value in result.items():

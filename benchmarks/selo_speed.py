@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPConfig
 
 from modeling_georsclip import GeoRSCLIPModel, GeoRSCLIPProcessor
+from modeling_georsclip.convert import clip_config_from_arch
 from modeling_georsclip.evaluation.datasets import SeloQuery, SeloSet
 from modeling_georsclip.evaluation.selo import evaluate_selo, read_scene, selo_windows, window_crops
 from modeling_georsclip.metrics import EmbeddingSimilarity, retrieval_recall
+from modeling_georsclip.resources import get_arch_config
 from modeling_georsclip.testing import tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,13 +62,8 @@ def retrieval_memory(n_images: int, n_captions: int, dim: int) -> None:
 
 
 def b32_model() -> GeoRSCLIPModel:
-    text = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
-                num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
-                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  image_size=224, patch_size=32, hidden_act="quick_gelu")
     torch.manual_seed(0)
-    return GeoRSCLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).eval()
+    return GeoRSCLIPModel(clip_config_from_arch(get_arch_config("ViT-B-32-quickgelu"))).eval()
 
 
 def selo_speed(scene_size: int, model_kind: str, batch_size: int) -> None:

@@ -43,9 +43,7 @@ unzip and pass the ``.pt`` file (a ``{"state_dict": {"module.*"}}`` training che
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -59,7 +57,9 @@ import torch
 import torch.nn.functional as F
 
 from .hub import write_model_card
+from .io import sha256_file
 from .log import get_logger
+from .resources import arch_names, get_arch_config
 
 logger = get_logger(__name__)
 
@@ -109,8 +109,8 @@ class ArchSpec:
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    def clip_config(self, logit_scale: float = math.log(1 / 0.07)):
-        """The transformers ``CLIPConfig`` for this arch (model_type ``clip``)."""
+    def clip_config(self, logit_scale: float | None = None):
+        """The transformers ``CLIPConfig`` for this arch (model_type ``clip``); no ``logit_scale``: CLIP's init."""
         from transformers import CLIPConfig
 
         text = dict(
@@ -126,10 +126,8 @@ class ArchSpec:
             image_size=self.image_size, patch_size=self.patch_size, hidden_act=self.activation,
             layer_norm_eps=LAYER_NORM_EPS, projection_dim=self.embed_dim,
         )
-        return CLIPConfig(
-            text_config=text, vision_config=vision, projection_dim=self.embed_dim,
-            logit_scale_init_value=float(logit_scale),
-        )
+        scale = {} if logit_scale is None else {"logit_scale_init_value": float(logit_scale)}
+        return CLIPConfig(text_config=text, vision_config=vision, projection_dim=self.embed_dim, **scale)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """open_clip state-dict key -> shape for this arch."""
@@ -235,36 +233,15 @@ class ArchSpec:
         }
 
 
-def _vit(name, embed, image, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads, *, quick_gelu,
-         v_mlp=None) -> ArchSpec:
-    return ArchSpec(
-        name=name, embed_dim=embed, image_size=image, patch_size=patch, vision_width=v_width,
-        vision_layers=v_layers, vision_heads=v_heads, vision_mlp=v_mlp or 4 * v_width, text_width=t_width,
-        text_layers=t_layers, text_heads=t_heads, text_mlp=4 * t_width, quick_gelu=quick_gelu,
-    )
+def clip_config_from_arch(cfg: Mapping[str, Any], logit_scale: float | None = None):
+    """The one way an open_clip arch dict (``archs/*.json`` format) becomes a transformers ``CLIPConfig``."""
+    return ArchSpec.from_open_clip_config("arch", cfg).clip_config(logit_scale)
 
 
-def _with_variants(name: str, *dims, quickgelu_variant: bool = True, **kwargs) -> dict[str, ArchSpec]:
-    specs = {name: _vit(name, *dims, quick_gelu=False, **kwargs)}
-    if quickgelu_variant:
-        specs[f"{name}-quickgelu"] = _vit(f"{name}-quickgelu", *dims, quick_gelu=True, **kwargs)
-    return specs
-
-
-# open_clip names -> shapes. Copied by hand from open_clip's model_configs/*.json (tests check every entry
-# against the installed open_clip), so that conversion needs no open_clip at run time. The "-quickgelu"
-# names exist only where open_clip ships that config.
+# open_clip names -> shapes, read from the packaged open_clip model configs (modeling_georsclip/archs/*.json,
+# compared with the installed open_clip's own files by the tests), so conversion needs no open_clip at run time.
 ARCHS: dict[str, ArchSpec] = {
-    #                    embed image patch  v_w  v_l v_h   t_w  t_l t_h
-    **_with_variants("ViT-B-32", 512, 224, 32, 768, 12, 12, 512, 12, 8),
-    **_with_variants("ViT-B-32-256", 512, 256, 32, 768, 12, 12, 512, 12, 8, quickgelu_variant=False),
-    **_with_variants("ViT-B-16", 512, 224, 16, 768, 12, 12, 512, 12, 8),
-    **_with_variants("ViT-B-16-plus-240", 640, 240, 16, 896, 12, 14, 640, 12, 10, quickgelu_variant=False),
-    **_with_variants("ViT-L-14", 768, 224, 14, 1024, 24, 16, 768, 12, 12),
-    **_with_variants("ViT-L-14-336", 768, 336, 14, 1024, 24, 16, 768, 12, 12),
-    **_with_variants("ViT-H-14", 1024, 224, 14, 1280, 32, 16, 1024, 24, 16),
-    **_with_variants("ViT-g-14", 1024, 224, 14, 1408, 40, 16, 1024, 24, 16, quickgelu_variant=False, v_mlp=6144),
-    **_with_variants("ViT-bigG-14", 1280, 224, 14, 1664, 48, 16, 1280, 32, 20, v_mlp=8192),
+    name: ArchSpec.from_open_clip_config(name, get_arch_config(name)) for name in arch_names()
 }
 
 
@@ -312,18 +289,15 @@ def resolve_arch(arch: str) -> ArchSpec:
     name = arch.replace("/", "-")
     if name in ARCHS:
         return ARCHS[name]
-    if arch.endswith(".json"):
-        path = Path(arch)
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ConversionError(f"cannot read arch config {arch}: {err}") from err
-        if not isinstance(cfg, dict) or "embed_dim" not in cfg:
-            raise ConversionError(f"arch config {arch} is not an open_clip model config (no embed_dim)")
-        return ArchSpec.from_open_clip_config(path.stem, cfg)
     if name.startswith("RN"):
         raise ConversionError(f"--arch {arch}: ResNet towers are not supported (transformers CLIPModel is ViT only)")
-    raise ConversionError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)} or an open_clip config .json")
+    if not arch.endswith(".json"):
+        raise ConversionError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)} or an open_clip config .json")
+    try:
+        cfg = get_arch_config(arch)
+    except ValueError as err:
+        raise ConversionError(str(err)) from err
+    return ArchSpec.from_open_clip_config(Path(arch).stem, cfg)
 
 
 # --------------------------------------------------------------------------------------- reading checkpoints
@@ -359,14 +333,6 @@ def fetch_checkpoint(source: str, cache_dir: str | None = None) -> Path:
     except Exception as err:  # noqa: BLE001 - every Hub failure becomes one clear line
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ConversionError(f"cannot download {source}: {type(err).__name__}: {first_line}") from err
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -508,48 +474,54 @@ def _arch_hint(state: Mapping[str, torch.Tensor], spec: ArchSpec) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- conversion
-_BLOCK_RENAMES = {
-    "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-    "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+# (open_clip key, CLIPModel key, op) rows; op says how the tensor changes on the way: "" copied as is, "T"
+# transposed (open_clip computes x @ proj with proj (width, embed); nn.Linear stores (embed, width)), "q"/"k"/"v"
+# that third of nn.MultiheadAttention's packed in_proj ([q; k; v] along dim 0).
+_TOP_LEVEL_KEYS = (
+    ("logit_scale", "logit_scale", ""),
+    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight", ""),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight", ""),
+    ("ln_final.weight", "text_model.final_layer_norm.weight", ""),
+    ("ln_final.bias", "text_model.final_layer_norm.bias", ""),
+    ("text_projection", "text_projection.weight", "T"),
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding", ""),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", ""),
+    ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight", ""),
+    ("visual.ln_pre.weight", "vision_model.pre_layrnorm.weight", ""),
+    ("visual.ln_pre.bias", "vision_model.pre_layrnorm.bias", ""),
+    ("visual.ln_post.weight", "vision_model.post_layernorm.weight", ""),
+    ("visual.ln_post.bias", "vision_model.post_layernorm.bias", ""),
+    ("visual.proj", "visual_projection.weight", "T"),
+)
+_BLOCK_KEYS = tuple(
+    [(f"attn.in_proj_{kind}", f"self_attn.{part}_proj.{kind}", part) for kind in ("weight", "bias") for part in "qkv"]
+    + [(f"{old}.{kind}", f"{new}.{kind}", "") for old, new in (
+        ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
+        ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"),
+    ) for kind in ("weight", "bias")]
+)
+_OPS = {
+    "": lambda t: t, "T": lambda t: t.t(),
+    "q": lambda t: t.chunk(3, dim=0)[0], "k": lambda t: t.chunk(3, dim=0)[1], "v": lambda t: t.chunk(3, dim=0)[2],
 }
 
 
-def to_hf_state_dict(state: Mapping[str, torch.Tensor], spec: ArchSpec) -> dict[str, torch.Tensor]:
-    """Map open_clip keys to ``CLIPModel`` keys (float32): split ``in_proj`` into q/k/v, transpose projections."""
-    f32 = {k: v.detach().to(torch.float32) for k, v in state.items()}
-    hf = {
-        "logit_scale": f32["logit_scale"],
-        "text_model.embeddings.token_embedding.weight": f32["token_embedding.weight"],
-        "text_model.embeddings.position_embedding.weight": f32["positional_embedding"],
-        "text_model.final_layer_norm.weight": f32["ln_final.weight"],
-        "text_model.final_layer_norm.bias": f32["ln_final.bias"],
-        # open_clip computes x @ proj with proj (width, embed); nn.Linear stores (embed, width)
-        "text_projection.weight": f32["text_projection"].t(),
-        "vision_model.embeddings.class_embedding": f32["visual.class_embedding"],
-        "vision_model.embeddings.position_embedding.weight": f32["visual.positional_embedding"],
-        "vision_model.embeddings.patch_embedding.weight": f32["visual.conv1.weight"],
-        "vision_model.pre_layrnorm.weight": f32["visual.ln_pre.weight"],
-        "vision_model.pre_layrnorm.bias": f32["visual.ln_pre.bias"],
-        "vision_model.post_layernorm.weight": f32["visual.ln_post.weight"],
-        "vision_model.post_layernorm.bias": f32["visual.ln_post.bias"],
-        "visual_projection.weight": f32["visual.proj"].t(),
-    }
+def create_rename_keys(spec: ArchSpec) -> list[tuple[str, str, str]]:
+    """The whole open_clip -> CLIPModel key mapping for ``spec`` as one table of (source, target, op) rows."""
+    rows = list(_TOP_LEVEL_KEYS)
     for src_prefix, dst_prefix, layers in (
         ("transformer.resblocks", "text_model.encoder.layers", spec.text_layers),
         ("visual.transformer.resblocks", "vision_model.encoder.layers", spec.vision_layers),
     ):
-        for i in range(layers):
-            src, dst = f"{src_prefix}.{i}", f"{dst_prefix}.{i}"
-            # nn.MultiheadAttention packs [q; k; v] along dim 0
-            for kind in ("weight", "bias"):
-                q, k, v = f32[f"{src}.attn.in_proj_{kind}"].chunk(3, dim=0)
-                hf[f"{dst}.self_attn.q_proj.{kind}"] = q
-                hf[f"{dst}.self_attn.k_proj.{kind}"] = k
-                hf[f"{dst}.self_attn.v_proj.{kind}"] = v
-            for old, new in _BLOCK_RENAMES.items():
-                for kind in ("weight", "bias"):
-                    hf[f"{dst}.{new}.{kind}"] = f32[f"{src}.{old}.{kind}"]
-    return {k: v.contiguous().clone() for k, v in hf.items()}
+        rows += [(f"{src_prefix}.{i}.{src}", f"{dst_prefix}.{i}.{dst}", op)
+                 for i in range(layers) for src, dst, op in _BLOCK_KEYS]
+    return rows
+
+
+def to_hf_state_dict(state: Mapping[str, torch.Tensor], spec: ArchSpec) -> dict[str, torch.Tensor]:
+    """Map open_clip keys to ``CLIPModel`` keys (float32) by :func:`create_rename_keys`."""
+    return {dst: _OPS[op](state[src].detach().to(torch.float32)).contiguous().clone()
+            for src, dst, op in create_rename_keys(spec)}
 
 
 def build_model(state: Mapping[str, torch.Tensor], spec: ArchSpec):
@@ -620,15 +592,6 @@ def open_clip_parity(state: Mapping[str, torch.Tensor], spec: ArchSpec, referenc
     }
 
 
-# --------------------------------------------------------------------------------------------- model card
-def _write_card(folder: Path, *, model_name: str, known: KnownCheckpoint | None, license: str | None,
-                provenance: dict[str, Any], description: str) -> None:
-    base_model = known.base_model if known else None
-    license = license or (known.license if known else "other")
-    write_model_card(folder, model_name=model_name, base_model=base_model, license=license,
-                     provenance=provenance, description=description)
-
-
 # -------------------------------------------------------------------------------------------------- driver
 @dataclass
 class ConversionResult:
@@ -673,7 +636,7 @@ def convert(
     logger.info("reading %s", path)
     state, layout = normalize_state_dict(read_checkpoint(path, checkpoint), checkpoint)
     validate_state_dict(state, spec, checkpoint)
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     logger.info("layout: %s; %d tensors match %s (%s)", layout, len(state), spec.name, spec.activation)
 
     model = build_model(state, spec)
@@ -714,8 +677,9 @@ def convert(
         )
         if known:
             description += f" Initialised from {known.initialised_from} before remote-sensing training."
-        _write_card(tmp, model_name=name, known=known, license=license, provenance=provenance,
-                    description=description)
+        write_model_card(tmp, model_name=name, base_model=known.base_model if known else None,
+                         license=license or (known.license if known else "other"), provenance=provenance,
+                         description=description)
         (tmp / "conversion.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n", encoding="utf-8")
     return ConversionResult(output=output, arch=spec.name, layout=layout, sha256=digest, parity=parity)
 

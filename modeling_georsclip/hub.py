@@ -86,6 +86,33 @@ def hub_model_id(name: str | None) -> str | None:
     return name
 
 
+# A local absolute path inside a value: /a/b, ~/a, C:\\a. Not URLs (hf://, https://: the "/" follows ":" or "/")
+# and not relative paths or "x / y" text (a lone slash has no name to keep).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~\\-])(?:~|[A-Za-z]:)?[/\\][^\s`'\"|,;()\[\]{}<>]*")
+
+
+def _path_name(match: re.Match) -> str:
+    name = re.split(r"[/\\]", match.group(0).rstrip("/\\"))[-1]
+    return name or match.group(0)
+
+
+def publishable(value: Any) -> Any:
+    """``value`` with every local absolute path replaced by its last component (the folder or file name).
+
+    A card is written to be published: ``/home/me/outputs/main/work/base`` means nothing on the Hub and tells
+    readers about the author's disk, while ``base`` still names the folder. Walks dicts, lists and strings.
+    """
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(_path_name, value)
+    if isinstance(value, dict):
+        return {publishable(k): publishable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(publishable(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return publishable(os.fspath(value))
+    return value
+
+
 def render_model_card(
     model_name: str,
     *,
@@ -99,10 +126,13 @@ def render_model_card(
     repo_id: str | None = None,
 ) -> ModelCard:
     """Render the model card template: Hub metadata (pipeline tag, widget, model-index) plus body."""
-    results = [_eval_result(r) for r in eval_results or []]
-    if base_model and hub_model_id(base_model) is None:
+    results = [_eval_result(r) for r in publishable(list(eval_results or []))]
+    if base_model and hub_model_id(str(base_model)) is None:  # a local folder: its name, in the provenance
         provenance = {**(provenance or {}), "base model (local)": base_model}
         base_model = None
+    # nothing local and absolute reaches a card: names of local folders stay, paths do not
+    model_name, description, provenance, recipe = map(publishable, (model_name, description, provenance, recipe))
+    datasets = [hub_model_id(str(d)) or Path(str(d)).name for d in datasets or []]
     data = ModelCardData(
         license=license,
         library_name="transformers",

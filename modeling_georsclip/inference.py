@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -72,23 +73,51 @@ def load_model(
     default GeoRSCLIP processor for its image size.
     """
     name = str(model)
-    local = Path(name)
-    if local.exists() or name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name):
-        if not local.is_dir():
-            raise ModelLoadError(f"model folder not found: {name}")
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(f"{name} has no config.json: not a transformers model folder")
-    try:
-        net = GeoRSCLIPModel.from_pretrained(name, dtype=torch.float32).eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot load model {name}: {first}") from err
+    net = load_pretrained(name).eval()
     try:
         processor = GeoRSCLIPProcessor.from_pretrained(name)
     except (OSError, ValueError, TypeError) as err:
         logger.warning("no processor in %s (%s); using the default GeoRSCLIP processor", name, err)
         processor = GeoRSCLIPProcessor.default(image_size=net.config.vision_config.image_size)
     return prepare_for_inference(net, precision, device), processor
+
+
+def load_pretrained(model: str | os.PathLike) -> GeoRSCLIPModel:
+    """The fp32 ``GeoRSCLIPModel`` at a folder or Hub id (for training too); ModelLoadError naming the path.
+
+    Covers a missing folder, a folder without ``config.json`` and unreadable or truncated weights, which
+    transformers and safetensors report as multi-line tracebacks of their own.
+    """
+    from safetensors import SafetensorError
+
+    name = str(model)
+    local = check_model_path(name)
+    try:
+        return GeoRSCLIPModel.from_pretrained(str(local) if local.exists() else name, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {name}: {first}") from err
+
+
+def check_model_path(name: str) -> Path:
+    """Cheap checks before loading (no weights read): a local-looking ``name`` must be a folder with
+    ``config.json``. Returns the expanded local path (a Hub id comes back as a path that does not exist)."""
+    local = Path(name).expanduser()
+    if local.exists() or name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name):
+        if not local.is_dir():
+            raise ModelLoadError(f"model folder not found: {name}")
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"{name} has no config.json: not a transformers model folder")
+    return local
+
+
+def load_model_or_exit(model: str | os.PathLike, *args, **kwargs) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
+    """:func:`load_model` for command-line entry points: a ModelLoadError is one ``error:`` line, exit 2."""
+    try:
+        return load_model(model, *args, **kwargs)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -1,8 +1,10 @@
-"""Atomic file and folder writes: nothing half-written is ever left under the final name."""
+"""Atomic file and folder writes (nothing half-written is ever left under the final name), and digests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -68,3 +70,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_file(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints can be tens of GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_digest(value: object) -> str:
+    """Hex SHA-256 of ``value`` as canonical JSON (sorted keys): a fingerprint that two runs can compare."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

@@ -101,6 +101,14 @@ def default_base_model(work: Path) -> tuple[Path, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.base_model:  # fail before any stage runs; train.py reports corrupt weights the same way
+        from .inference import ModelLoadError, check_model_path
+
+        try:
+            check_model_path(args.base_model)
+        except ModelLoadError as err:
+            print(f"error: --base-model: {err}", file=sys.stderr)
+            return 2
     out: Path = args.output.resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)

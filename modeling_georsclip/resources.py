@@ -7,6 +7,7 @@ the returned objects are real paths (``Path``) that can be handed to subprocesse
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -69,3 +70,31 @@ def accelerate_config(name: str) -> Path:
 def samples_dir() -> Path:
     """The vendored real remote-sensing samples (images, captions, AIR-SLT annotations; see SOURCES.md)."""
     return package_path("samples", "rs-samples")
+
+
+def arch_names() -> list[str]:
+    """open_clip model names shipped in ``archs/`` (each ``archs/<NAME>.json``)."""
+    return sorted(p.stem for p in package_path("archs").glob("*.json"))
+
+
+def get_arch_config(name_or_path: str | os.PathLike) -> dict:
+    """An open_clip model config: a packaged arch name (``ViT-B/32`` spelling accepted) or a ``.json`` path.
+
+    The packaged files are open_clip's own ``src/open_clip/model_configs/*.json``, copied verbatim (the tests
+    compare each with the installed open_clip), so conversion needs no open_clip at run time. Like open_clip's
+    ``factory.get_model_config``; raises ResourceError for an unknown name, ValueError for an unreadable file.
+    """
+    text = str(name_or_path)
+    if text.endswith(".json"):
+        path = Path(text)
+    else:
+        path = package_path("archs", f"{text.replace('/', '-')}.json")
+        if not path.is_file():
+            raise ResourceError(f"unknown arch {text!r}; choose one of {', '.join(arch_names())}")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read arch config {path}: {err}") from err
+    if not isinstance(cfg, dict) or "embed_dim" not in cfg:
+        raise ValueError(f"arch config {path} is not an open_clip model config (no embed_dim)")
+    return cfg

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig
 
+from .convert import clip_config_from_arch
 from .modeling import GeoRSCLIPModel
 from .processing import GeoRSCLIPProcessor
 
@@ -16,16 +17,11 @@ def tiny_clip_config(
     hidden_act: str = "quick_gelu", image_size: int = 32, patch_size: int = 8, width: int = 32, layers: int = 2
 ) -> CLIPConfig:
     """A CLIP config with the real 49,408-token vocabulary and context 77, but tiny towers."""
-    text = dict(
-        vocab_size=49408, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act=hidden_act,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
-    vision = dict(
-        hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=2,
-        image_size=image_size, patch_size=patch_size, hidden_act=hidden_act,
-    )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)
+    if hidden_act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"hidden_act must be quick_gelu or gelu (what open_clip archs have), got {hidden_act!r}")
+    arch = tiny_open_clip_config(hidden_act == "quick_gelu", image_size, patch_size, width, layers=layers,
+                                 embed_dim=width)
+    return clip_config_from_arch(arch)
 
 
 def tiny_clip(seed: int = 0, **config_kwargs) -> GeoRSCLIPModel:
@@ -42,13 +38,15 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> P
     return Path(path)
 
 
-def tiny_open_clip_config(quick_gelu: bool = True, image_size: int = 32, patch_size: int = 8, width: int = 32) -> dict:
-    """An open_clip model config (the JSON format ``--arch`` accepts) for a tiny ViT CLIP."""
+def tiny_open_clip_config(quick_gelu: bool = True, image_size: int = 32, patch_size: int = 8, width: int = 32,
+                          layers: int = 2, embed_dim: int | None = None) -> dict:
+    """An open_clip model config (the JSON format ``--arch`` accepts) for a tiny ViT CLIP (two heads a tower)."""
     return {
-        "embed_dim": 24 if width == 32 else width,
+        "embed_dim": embed_dim or (24 if width == 32 else width),
         "quick_gelu": quick_gelu,
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "head_width": 16, "patch_size": patch_size},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": 2},
+        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "head_width": width // 2,
+                       "patch_size": patch_size},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": layers},
     }
 
 

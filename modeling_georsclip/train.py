@@ -17,6 +17,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from .hub import PushError
+    from .inference import ModelLoadError
     from .resources import ResourceError, resolve_config
     from .training import ConfigError, ResumeError, TrainConfig, train
     from .training.stream import DataError
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path = str(resolve_config(config_path))
         cfg = TrainConfig.load(config_path, args)
         train(cfg)
-    except (ConfigError, DataError, ResumeError, ResourceError) as err:
+    except (ConfigError, DataError, ResumeError, ResourceError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except PushError as err:  # everything was saved before the push was tried

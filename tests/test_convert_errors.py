@@ -11,8 +11,8 @@ import torch
 from open_clip.model import CLIP
 
 from modeling_georsclip.convert import main
+from modeling_georsclip.resources import samples_dir
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "embed_dim": 16,
     "quick_gelu": True,
@@ -51,82 +51,89 @@ def assert_no_output(out: Path) -> None:
     assert not list(out.parent.glob(f".{out.name}.tmp-*"))
 
 
-def test_missing_file(tmp_path, tiny, capsys):
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(tmp_path / "nope.pt"), "--arch", str(tiny[1]), "--output", str(out)],
-                       capsys)
-    assert "checkpoint not found" in line and "nope.pt" in line
-    assert_no_output(out)
+def _save_pickle(path: Path, protocol: int) -> Path:
+    with open(path, "wb") as handle:
+        pickle.dump({"w": Payload()}, handle, protocol=protocol)
+    return path
 
 
-def test_not_a_checkpoint(tmp_path, tiny, capsys):
-    image = REPO / "samples" / "rs-samples" / "images" / "cliprsicd__stadium_1.jpg"
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(image), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "not a PyTorch or safetensors checkpoint" in line and "stadium_1.jpg" in line
-    assert_no_output(out)
+def _truncated(path: Path, data: bytes, cut: int) -> Path:
+    path.write_bytes(data[:cut])
+    return path
 
 
-def test_empty_file(tmp_path, tiny, capsys):
-    empty = tmp_path / "empty.pt"
-    empty.write_bytes(b"")
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(empty), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "empty" in line and "empty.pt" in line
-    assert_no_output(out)
-
-
-def test_pickle_holding_objects_is_refused(tmp_path, tiny, capsys):
-    evil = tmp_path / "objects.pt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Payload()}, evil)
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(evil), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "weights_only" in line and "Payload" in line
-    assert_no_output(out)
-
-
-def test_legacy_pickle_with_code_is_refused(tmp_path, tiny, capsys):
-    evil = tmp_path / "legacy.pkl"
-    with open(evil, "wb") as handle:
-        pickle.dump({"w": Payload()}, handle, protocol=2)
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(evil), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "weights_only" in line and "Payload" in line and "legacy.pkl" in line
-    assert_no_output(out)
-    with open(evil, "wb") as handle:  # protocol 4 framing is refused by the weights_only unpickler itself
-        pickle.dump({"w": Payload()}, handle, protocol=4)
-    line = run_failing(["--checkpoint", str(evil), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "weights_only" in line and "legacy.pkl" in line
-    assert_no_output(out)
-
-
-def test_truncated_file(tmp_path, tiny, capsys):
-    data = tiny[0].read_bytes()
-    cut = tmp_path / "cut.pt"
-    cut.write_bytes(data[: len(data) // 2])
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(cut), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "truncated" in line and "cut.pt" in line
-    assert_no_output(out)
-
-
-def test_truncated_safetensors(tmp_path, tiny, capsys):
+def _safetensors(path: Path, state: dict) -> Path:
     from safetensors.torch import save_file
 
-    whole = tmp_path / "whole.safetensors"
-    save_file({k: v.contiguous() for k, v in tiny[2].items()}, str(whole))
-    cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(whole.read_bytes()[:-1000])
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def _state_file(path: Path, state: dict) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def _without(state: dict, key: str) -> dict:
+    return {k: v for k, v in state.items() if k != key}
+
+
+# case -> (write the bad checkpoint into a folder, given the tiny (checkpoint, arch, state); what the line says)
+BAD_CHECKPOINTS = {
+    "missing file": (lambda d, t: d / "nope.pt", ["checkpoint not found", "nope.pt"]),
+    "not a checkpoint": (lambda d, t: samples_dir() / "images" / "cliprsicd__stadium_1.jpg",
+                         ["not a PyTorch or safetensors checkpoint", "stadium_1.jpg"]),
+    "empty file": (lambda d, t: _truncated(d / "empty.pt", b"", 0), ["empty", "empty.pt"]),
+    "pickle holding objects": (
+        lambda d, t: _state_file(d / "objects.pt", {"state_dict": {"w": torch.zeros(1)}, "extra": Payload()}),
+        ["weights_only", "Payload"]),
+    "legacy pickle with code": (lambda d, t: _save_pickle(d / "legacy.pkl", 2), ["weights_only", "Payload", "legacy.pkl"]),
+    # protocol 4 framing is refused by the weights_only unpickler itself
+    "protocol 4 pickle with code": (lambda d, t: _save_pickle(d / "legacy.pkl", 4), ["weights_only", "legacy.pkl"]),
+    "truncated zip": (lambda d, t: _truncated(d / "cut.pt", t[0].read_bytes(), t[0].stat().st_size // 2),
+                      ["truncated", "cut.pt"]),
+    "truncated safetensors": (
+        lambda d, t: _truncated(d / "cut.safetensors", _safetensors(d / "whole.safetensors", t[2]).read_bytes(), -1000),
+        ["safetensors", "cut.safetensors"]),
+    "missing key": (lambda d, t: _state_file(d / "missing.pt", _without(t[2], "visual.proj")),
+                    ["missing key 'visual.proj'", "missing.pt"]),
+    "unexpected key": (lambda d, t: _state_file(d / "extra.pt", dict(t[2], logit_bias=torch.zeros(1))),  # SigLIP-style
+                       ["unexpected key 'logit_bias'", "extra.pt"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoint_is_one_error_line(case, tmp_path, tiny, capsys):
+    make, expected = BAD_CHECKPOINTS[case]
+    checkpoint = make(tmp_path, tiny)
     out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(cut), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "safetensors" in line and "cut.safetensors" in line
+    line = run_failing(["--checkpoint", str(checkpoint), "--arch", str(tiny[1]), "--output", str(out)], capsys)
+    for text in expected:
+        assert text in line, (case, line)
     assert_no_output(out)
 
 
-def test_wrong_arch_names_key_and_shapes(tmp_path, tiny, capsys):
+# case -> (checkpoint file name, --arch, what the line says)
+BAD_ARCHS = {
+    "wrong arch: key and shapes named": (
+        "tiny.pt", "ViT-B-32-quickgelu",
+        ["key 'token_embedding.weight' has shape (49408, 32), --arch ViT-B-32-quickgelu expects (49408, 512)"]),
+    "unknown arch": ("tiny.pt", "ViT-Z-99", ["unknown --arch 'ViT-Z-99'", "ViT-B-32-quickgelu"]),
+    "ResNet arch": ("tiny.pt", "RN50", ["ResNet"]),
+    # the classic trap: GeoRSCLIP B-32 converted as GELU ViT-B-32
+    "known checkpoint, wrong activation": ("RS5M_ViT-B-32.pt", "ViT-B-32", ["--arch ViT-B-32-quickgelu", "QuickGELU"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARCHS))
+def test_bad_arch_is_one_error_line(case, tmp_path, tiny, capsys):
+    name, arch, expected = BAD_ARCHS[case]
+    checkpoint = tmp_path / name
+    checkpoint.write_bytes(tiny[0].read_bytes())
     out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(tiny[0]), "--arch", "ViT-B-32-quickgelu", "--output", str(out)], capsys)
-    assert "key 'token_embedding.weight' has shape (49408, 32), --arch ViT-B-32-quickgelu expects (49408, 512)" in line
+    line = run_failing(["--checkpoint", str(checkpoint), "--arch", arch, "--output", str(out)], capsys)
+    for text in expected:
+        assert text in line, (case, line)
     assert_no_output(out)
 
 
@@ -140,41 +147,6 @@ def test_real_size_shape_mismatch_suggests_matching_arch(tmp_path, capsys):
     message = str(info.value)
     assert "key 'token_embedding.weight' has shape (49408, 768), --arch ViT-B-32 expects (49408, 512)" in message
     assert "ViT-L-14 / ViT-L-14-quickgelu" in message
-
-
-def test_missing_and_unexpected_keys_are_named(tmp_path, tiny, capsys):
-    state = dict(tiny[2])
-    del state["visual.proj"]
-    path = tmp_path / "missing.pt"
-    torch.save(state, path)
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(path), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "missing key 'visual.proj'" in line
-    assert_no_output(out)
-
-    state = dict(tiny[2], logit_bias=torch.zeros(1))  # a SigLIP-style extra weight
-    torch.save(state, path)
-    line = run_failing(["--checkpoint", str(path), "--arch", str(tiny[1]), "--output", str(out)], capsys)
-    assert "unexpected key 'logit_bias'" in line
-    assert_no_output(out)
-
-
-def test_unknown_arch(tmp_path, tiny, capsys):
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(tiny[0]), "--arch", "ViT-Z-99", "--output", str(out)], capsys)
-    assert "unknown --arch 'ViT-Z-99'" in line and "ViT-B-32-quickgelu" in line
-    line = run_failing(["--checkpoint", str(tiny[0]), "--arch", "RN50", "--output", str(out)], capsys)
-    assert "ResNet" in line
-
-
-def test_known_checkpoint_with_wrong_activation(tmp_path, tiny, capsys):
-    """The classic trap: GeoRSCLIP B-32 converted as GELU ViT-B-32."""
-    renamed = tmp_path / "RS5M_ViT-B-32.pt"
-    renamed.write_bytes(tiny[0].read_bytes())
-    out = tmp_path / "out"
-    line = run_failing(["--checkpoint", str(renamed), "--arch", "ViT-B-32", "--output", str(out)], capsys)
-    assert "--arch ViT-B-32-quickgelu" in line and "QuickGELU" in line
-    assert_no_output(out)
 
 
 def test_unwritable_output(tmp_path, tiny, capsys):

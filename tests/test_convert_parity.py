@@ -25,6 +25,7 @@ from modeling_georsclip.convert import (
     to_hf_state_dict,
     validate_state_dict,
 )
+from modeling_georsclip.resources import arch_names, get_arch_config
 from modeling_georsclip.testing import perturbed_open_clip, tiny_open_clip_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +105,27 @@ def test_arch_table_matches_open_clip_config(name):
     with torch.device("meta"):
         model = CLIP(**cfg)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == spec.expected_shapes()
+
+
+@pytest.mark.parametrize("name", arch_names())
+def test_packaged_arch_json_is_open_clips_own_config(name):
+    """Every archs/<NAME>.json is the installed open_clip's model_configs/<NAME>.json, key for key."""
+    assert get_arch_config(name) == open_clip.get_model_config(name)
+    assert name in ARCHS
+
+
+def test_get_arch_config_takes_names_slash_spellings_and_paths(tmp_path):
+    from modeling_georsclip.resources import ResourceError
+
+    assert get_arch_config("ViT-B/32") == get_arch_config("ViT-B-32") == open_clip.get_model_config("ViT-B-32")
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps(tiny_open_clip_config(True)))
+    assert get_arch_config(str(custom)) == tiny_open_clip_config(True)
+    with pytest.raises(ResourceError, match="unknown arch 'ViT-Z-99'.*ViT-B-32-quickgelu"):
+        get_arch_config("ViT-Z-99")
+    custom.write_text("{}")
+    with pytest.raises(ValueError, match="no embed_dim"):
+        get_arch_config(custom)
 
 
 def test_arch_table_has_the_required_names():

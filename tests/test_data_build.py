@@ -229,25 +229,48 @@ def test_killed_build_resumes_exactly(tmp_path):
         (reference / "build_reports/rs3-train.json").read_text())["counts"]
 
 
-def test_sigkilled_cli_build_resumes_exactly(tmp_path):
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, read from /proc (children first appear under their parent)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we listed
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_sigkilled_cli_build_resumes_exactly_and_leaves_no_worker(tmp_path):
     captions, images, rows = rs3_inputs(tmp_path / "in", 16, 300)
     args = ["--captions", str(captions), "--images", str(images), "--config", "rs3", "--split", "train",
-            "--shard-size", "2", "--filters", "invalid,dedup"]
+            "--shard-size", "2", "--filters", "invalid,dedup", "--workers", "2"]
     reference = tmp_path / "reference"
     assert main(args + ["--output", str(reference)]) == 0
     killed = tmp_path / "killed"
-    # A child that builds slowly (sleeps per image after the 4th), so it can be killed mid-way.
+    # A child whose two pool workers are slow (sleep per image after the 4th), so it can be killed mid-way.
     script = (
         "import sys, time\n"
-        "import modeling_georsclip.data.sources as s\n"
-        "original = s.csv_items\n"
-        "def slow(*a, **k):\n"
-        "    for item in original(*a, **k):\n"
-        "        if item.index >= 4: time.sleep(0.5)\n"
-        "        yield item\n"
-        "s.csv_items = slow\n"
         "import modeling_georsclip.data.build as b\n"
-        "b.csv_items = slow\n"
+        "original = b.prepare\n"
+        "def slow(item, settings):\n"
+        "    if item.index >= 4: time.sleep(0.5)\n"
+        "    return original(item, settings)\n"
+        "b.prepare = slow\n"
         "sys.exit(b.main(sys.argv[1:]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -259,8 +282,17 @@ def test_sigkilled_cli_build_resumes_exactly(tmp_path):
         if progress.exists() and len(json.loads(progress.read_text())["records"]) >= 2:
             break
         time.sleep(0.05)
+    workers = _descendants(child.pid)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    assert len(workers) >= 2, "the build should have been running its two pool workers"
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:  # do not leave them behind for the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived the SIGKILLed build"
     recorded = len(json.loads(progress.read_text())["records"])
     assert 2 <= recorded < 8, "the child should have been killed mid-way"
     assert main(args + ["--output", str(killed)]) == 0

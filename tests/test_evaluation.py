@@ -42,7 +42,9 @@ def single_run(setup):
                            "--tasks", "zsc,retrieval,selo", "--output", str(out)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, json.loads(out.read_text())
+    document = json.loads(out.read_text())
+    assert list(document) == ["runs"] and len(document["runs"]) == 1  # one shape, even for one model
+    return out, document["runs"][0]
 
 
 def test_selo_windows_hand_checked():
@@ -137,11 +139,16 @@ def test_evaluate_py_end_to_end(setup, single_run):
 
     # a second model's results side by side
     other = base / "other.json"
-    other.write_text(json.dumps({**results, "model_name": "other-model"}))
+    other.write_text(json.dumps({"runs": [{**results, "model_name": "other-model"}]}))
     combined = base / "combined.json"
     assert cli.main(["--compare", str(out), str(other), "--output", str(combined)]) == 0
     header = combined.with_suffix(".md").read_text().splitlines()[0]
     assert header == "| task | dataset | metric | tiny-georsclip | other-model |"
+    assert [r["model_name"] for r in json.loads(combined.read_text())["runs"]] == ["tiny-georsclip", "other-model"]
+    bare = base / "bare.json"  # a bare run is not a results file
+    bare.write_text(json.dumps(results))
+    assert cli.main(["--compare", str(bare), "--output", str(base / "never.json")]) == 2
+    assert not (base / "never.json").exists()
 
 
 def test_sharded_under_accelerate_equals_single_process(setup, single_run):
@@ -152,7 +159,7 @@ def test_sharded_under_accelerate_equals_single_process(setup, single_run):
                                       "--output", str(out), "--no-card", "--batch-size", "3"],
                           cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded, single = json.loads(out.read_text())["tasks"], single_run[1]["tasks"]
+    sharded, single = json.loads(out.read_text())["runs"][0]["tasks"], single_run[1]["tasks"]
     for task, datasets in single.items():
         for name, scores in datasets.items():
             for key, value in scores.items():

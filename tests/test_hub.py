@@ -8,6 +8,8 @@ import pytest
 from huggingface_hub import ModelCard, SpaceCard
 
 from modeling_georsclip import hub
+from modeling_georsclip.hub import render_model_card
+from modeling_georsclip.testing import save_tiny_clip
 
 AID = dict(
     task_type="zero-shot-image-classification", task_name="Zero-shot classification", dataset_name="AID",
@@ -86,7 +88,7 @@ def test_local_base_model_goes_to_provenance_not_metadata(tmp_path):
     local.mkdir()
     card = ModelCard.load(hub.write_model_card(tmp_path / "out", "m", base_model=str(local)))
     assert card.data.base_model is None
-    assert str(local) in card.text
+    assert str(local) not in card.text and "| base model (local) | base |" in card.text  # its name, not its path
     card = ModelCard.load(hub.write_model_card(tmp_path / "out2", "m", base_model="openai/clip-vit-base-patch32"))
     assert card.data.base_model == "openai/clip-vit-base-patch32"
 
@@ -102,3 +104,32 @@ def test_metric_cards_load_as_space_cards(module):
     assert card.data.sdk == "gradio" and (module / card.data.app_file).is_file()
     assert "evaluate" in card.data.tags and (module / f"{module.name}.py").is_file()
     assert "## How to use" in card.text
+
+
+def test_cards_carry_no_local_absolute_paths(tmp_path):
+    """A card for a model trained from a local base model on local data names folders, never their paths."""
+    from modeling_georsclip.training.card import write_training_card
+    from modeling_georsclip.training.config import TrainConfig
+
+    base = save_tiny_clip(tmp_path / "outputs" / "main" / "work" / "base")
+    data = tmp_path / "outputs" / "main" / "dataset"
+    cfg = TrainConfig()
+    cfg.model, cfg.output_dir = str(base), str(tmp_path / "runs" / "demo")
+    cfg.data = [{"path": str(data), "config": "pub11"}]
+    cfg.dataset_names = [str(data)]
+    cfg.val_data = str(tmp_path / "val" / "captions.csv")
+    folder = tmp_path / "card"
+    folder.mkdir()
+    write_training_card(folder, cfg, {"i2t_R@1": 50.0, "mR": 40.0})
+    text = (folder / "README.md").read_text()
+    card = ModelCard.load(folder / "README.md")
+    assert str(tmp_path) not in text and "/outputs/main" not in text
+    assert card.data.base_model is None and "| base model (local) | base |" in text
+    assert card.data.datasets == ["dataset"] and "'path': 'dataset'" in text
+    assert card.data.model_name == "demo"
+    # validation scores carry evaluate.py's metric types, on the validation split
+    rows = {(r.metric_name, r.metric_type, r.dataset_split) for r in card.data.eval_results}
+    assert rows == {("i2t R@1", "recall", "validation"), ("mR", "mean_recall", "validation")}
+    # a Hub id stays what it is
+    card = render_model_card("m", base_model="openai/clip-vit-base-patch32", provenance={"source": "hf://a/b/c.pt"})
+    assert card.data.base_model == "openai/clip-vit-base-patch32" and "hf://a/b/c.pt" in str(card)

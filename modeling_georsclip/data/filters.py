@@ -14,7 +14,6 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -182,16 +181,13 @@ class OutlierScorer:
         negative: Sequence[str] = NOT_RS_PROMPTS,
         batch_size: int = 32,
     ):
-        import torch
 
-        from ..modeling import GeoRSCLIPModel
-        from ..processing import GeoRSCLIPProcessor
+        from ..inference import load_model
 
         if model is None:
             if model_dir is None:
                 raise ValueError("OutlierScorer needs model_dir or model + processor")
-            model = GeoRSCLIPModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-            processor = GeoRSCLIPProcessor.from_pretrained(str(model_dir))
+            model, processor = load_model(model_dir)  # ModelLoadError naming a missing/corrupt model folder
         if processor is None:
             raise ValueError("OutlierScorer needs a processor with the model")
         if not positive or not negative:
@@ -287,13 +283,3 @@ class CurationReport:
     def table_rows(self) -> list[tuple[str, int]]:
         """``(column, pairs)`` in the paper's order, for the dataset card."""
         return [(name, getattr(self, name)) for name in REPORT_COLUMNS]
-
-
-def load_report(path: str | os.PathLike) -> CurationReport:
-    """Read a report JSON written by the builder."""
-    import json
-
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    report = CurationReport()
-    report.add(data.get("counts", data))
-    return report

@@ -88,10 +88,6 @@ def write_shard(rows: list[dict], path: str | os.PathLike) -> None:
     os.chmod(path, 0o644)
 
 
-def read_shard(path: str | os.PathLike) -> pa.Table:
-    return pq.read_table(path)
-
-
 @dataclass
 class ShardRecord:
     """One step of a build: the input images up to ``cursor`` were consumed; ``file`` holds their rows."""

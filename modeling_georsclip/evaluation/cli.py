@@ -16,10 +16,12 @@ import argparse
 import datetime
 import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..inference import ModelLoadError
 from ..io import write_text_atomic
 from ..log import get_logger
 from .common import is_main_process, load_model
@@ -144,19 +146,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from accelerate import Accelerator
 
         accelerator = Accelerator()
-    runs = load_runs(args.compare)
     overlay_dir = args.overlay_dir or args.output.with_name(args.output.stem + "_selo")
-    fresh = [
-        evaluate_model(m, datasets, selo_mode=args.selo_mode, head_mode=args.head_mode, batch_size=args.batch_size,
-                       overlay_dir=overlay_dir, accelerator=accelerator)
-        for m in args.model
-    ]
+    try:
+        runs = load_runs(args.compare)
+        fresh = [
+            evaluate_model(m, datasets, selo_mode=args.selo_mode, head_mode=args.head_mode,
+                           batch_size=args.batch_size, overlay_dir=overlay_dir, accelerator=accelerator)
+            for m in args.model
+        ]
+    except (ModelLoadError, ValueError) as err:  # a bad --model path or --compare file: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not is_main_process(accelerator):
         return 0
     runs += fresh
     table = results_markdown(runs)
-    document = runs[0] if len(runs) == 1 else {"runs": runs}
-    write_text_atomic(args.output, json.dumps(document, indent=2) + "\n")
+    # one shape whatever the number of models: {"runs": [run, ...]} (load_runs reads it back for --compare)
+    write_text_atomic(args.output, json.dumps({"runs": runs}, indent=2) + "\n")
     write_text_atomic(args.output.with_suffix(".md"), table)
     print(table)
     logger.info("results written to %s and %s", args.output, args.output.with_suffix(".md"))

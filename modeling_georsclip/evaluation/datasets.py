@@ -32,14 +32,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from ..data.filters import dhash
+from ..data.filters import content_hash, dhash
+from ..data.sources import IMAGE_EXTENSIONS
 from ..imaging import load_image
+from ..io import sha256_file
 from ..log import get_logger
 
 logger = get_logger(__name__)
 
 Task = Literal["classification", "retrieval", "selo"]
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 CAPTION_JSON_NAMES = ("dataset.json", "dataset_rsicd.json", "dataset_rsitmd.json", "dataset_ucm.json",
                       "dataset_sydney.json", "captions.json")
 IMAGE_DIR_NAMES = ("images", "imgs", "RSICD_images", "RSITMD_images", "UCM_images", "Sydney_images")
@@ -236,7 +237,7 @@ def load_datasets_table(
         sentences = [t.strip() for t in sentences if t and t.strip()]
         if not sentences:
             continue
-        key = hashlib.sha256(image).digest() if isinstance(image, bytes) else image
+        key = content_hash(image) if isinstance(image, bytes) else image
         if key not in first_row:
             first_row[key] = len(ordered)
             ordered.append(image)
@@ -287,15 +288,6 @@ def decode_images(paths: Sequence[Path | bytes]) -> tuple[list[Image.Image], lis
 
 
 # ---------------------------------------------------------------------------------------------- de-duplication
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of the file bytes (exact duplicates)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pixel_digest(path: str | os.PathLike) -> str:
     """SHA-256 of the decoded 8-bit RGB pixels: the same image stored as PNG and TIFF, or renamed."""
     array = np.asarray(load_image(path))
@@ -322,7 +314,7 @@ def shared_images(
         out = {}
         for path in paths:
             try:
-                out[Path(path)] = {"bytes": file_digest, "pixels": pixel_digest, "dhash": difference_hash}[method](path)
+                out[Path(path)] = {"bytes": sha256_file, "pixels": pixel_digest, "dhash": difference_hash}[method](path)
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 logger.warning("cannot fingerprint %s: %s", path, err)
         return out

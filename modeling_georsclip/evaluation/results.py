@@ -75,12 +75,14 @@ def results_markdown(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
-    """Runs from earlier ``--output`` files (a file holds one run or ``{"runs": [...]}``)."""
+    """Runs from earlier ``--output`` files; every results file has one shape, ``{"runs": [run, ...]}``."""
     runs = []
     for path in paths:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read results file {path}: {err}") from err
-        runs += data["runs"] if "runs" in data else [data]
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+            raise ValueError(f"results file {path} has no \"runs\" list (expected {{\"runs\": [...]}})")
+        runs += data["runs"]
     return runs

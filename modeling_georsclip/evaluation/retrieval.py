@@ -10,10 +10,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..inference import load_model_or_exit
 from ..metrics import EmbeddingSimilarity, retrieval_recall
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
-from .common import embed_images, load_model
+from .common import embed_images
 from .datasets import RetrievalSet, drop_images, load_eval_dataset
 
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    model, processor = load_model(args.model)
+    model, processor = load_model_or_exit(args.model)
     dataset = load_eval_dataset(args.data, "retrieval", split=args.split)
     print(json.dumps(evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size), indent=2))
 

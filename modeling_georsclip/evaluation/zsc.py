@@ -10,10 +10,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from ..inference import load_model_or_exit
 from ..metrics import accuracy
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
-from .common import embed_images, load_model
+from .common import embed_images
 from .datasets import ClassificationSet, load_eval_dataset
 from .templates import templates_for
 
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mode", default="paper", choices=["paper", "openclip"])
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    model, processor = load_model(args.model)
+    model, processor = load_model_or_exit(args.model)
     dataset = load_eval_dataset(args.data, "classification", name=args.name)
     print(json.dumps(evaluate_zero_shot(model, processor, dataset, mode=args.mode, batch_size=args.batch_size), indent=2))
 

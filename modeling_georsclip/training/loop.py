@@ -23,13 +23,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..hub import write_model_card
-from ..io import atomic_dir, atomic_file, write_text_atomic
+from ..inference import load_pretrained
+from ..io import atomic_dir, atomic_file, json_digest, write_text_atomic
 from ..log import get_logger
 from ..metrics import retrieval_recall
 from ..modeling import GeoRSCLIPModel, pooled
 from ..processing import CONTEXT_LENGTH, GeoRSCLIPProcessor
 from .augment import transform_for_processor
+from .card import write_training_card
 from .config import ConfigError, TrainConfig
 from .loss import clamp_logit_scale_, clip_loss
 from .optim import build_optimizer, build_scheduler
@@ -53,10 +54,7 @@ def load_model(cfg: TrainConfig) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
 
         model = tiny_clip(seed=cfg.seed, image_size=cfg.tiny_image_size)
         return model, GeoRSCLIPProcessor.default(image_size=cfg.tiny_image_size, preset=cfg.normalization)
-    path = Path(cfg.model)
-    if path.exists() and not (path / "config.json").exists():
-        raise ConfigError(f"model folder {path} has no config.json")
-    model = GeoRSCLIPModel.from_pretrained(cfg.model, dtype=torch.float32)
+    model = load_pretrained(cfg.model)  # ModelLoadError naming the path for a missing/corrupt model
     try:
         processor = GeoRSCLIPProcessor.from_pretrained(cfg.model)
     except (OSError, ValueError):
@@ -77,8 +75,7 @@ def model_fingerprint(model, cfg: TrainConfig) -> dict[str, Any]:
                                           "lock_text_unlocked_layers", "train_logit_scale")}
     if cfg.peft:
         modes.update({k: getattr(cfg, k) for k in ("peft_r", "peft_towers", "peft_targets")})
-    blob = json.dumps({"arch": arch, "modes": modes}, sort_keys=True)
-    return {"arch": arch, "modes": modes, "sha": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+    return {"arch": arch, "modes": modes, "sha": json_digest({"arch": arch, "modes": modes})[:16]}
 
 
 def prepare_trainable(model: GeoRSCLIPModel, cfg: TrainConfig):
@@ -227,22 +224,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
     with atomic_file(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
-
-
-def _write_card(folder: Path, cfg: TrainConfig, results: dict[str, float] | None) -> None:
-    eval_results = []
-    if results and cfg.val_data is not None:
-        name = Path(str(SourceSpec.from_any(cfg.val_data).path)).stem
-        for key, value in results.items():
-            eval_results.append({
-                "task_type": "image-text-retrieval", "task_name": "Image-text retrieval (validation during training)",
-                "dataset_name": name, "dataset_type": name, "dataset_split": "validation",
-                "metric_type": key, "metric_name": key, "metric_value": round(float(value), 2),
-            })
-    datasets = cfg.dataset_names or None
-    base_model = cfg.base_model or (None if cfg.model == "tiny" else cfg.model)
-    write_model_card(folder, model_name=cfg.model_name or Path(cfg.output_dir).name, base_model=base_model,
-                     datasets=datasets, recipe=cfg.to_dict(), eval_results=eval_results)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -451,7 +432,7 @@ def train(cfg: TrainConfig) -> Path:
                        "final_validation": results, "history": history}
             write_text_atomic(tmp / "train_results.json", json.dumps(summary, indent=2))
             plot_curves(history, tmp / "training_curves.png")
-            _write_card(tmp, cfg, results)
+            write_training_card(tmp, cfg, results)
         logger.info("saved the final model to %s", final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
