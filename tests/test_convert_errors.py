@@ -12,7 +12,8 @@ from open_clip.model import CLIP
 
 from modeling_georsclip.convert import main
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import SAMPLES
+
 TINY = {
     "embed_dim": 16,
     "quick_gelu": True,
@@ -60,7 +61,7 @@ def test_missing_file(tmp_path, tiny, capsys):
 
 
 def test_not_a_checkpoint(tmp_path, tiny, capsys):
-    image = REPO / "samples" / "rs-samples" / "images" / "cliprsicd__stadium_1.jpg"
+    image = SAMPLES / "images" / "cliprsicd__stadium_1.jpg"
     out = tmp_path / "out"
     line = run_failing(["--checkpoint", str(image), "--arch", str(tiny[1]), "--output", str(out)], capsys)
     assert "not a PyTorch or safetensors checkpoint" in line and "stadium_1.jpg" in line
