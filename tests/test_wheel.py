@@ -100,16 +100,14 @@ def test_wheel_ships_all_package_data(wheel):
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "scripts/"))]
 
 
-def test_every_verb_runs_from_the_installed_wheel(installed, tmp_path):
+def test_every_verb_runs_from_the_installed_wheel(installed, open_clip_checkpoint):
     site, work, python = installed["site"], installed["work"], sys.executable
     where = run(installed, python, "-c", "import modeling_georsclip; print(modeling_georsclip.__file__)").split()[0]
     assert Path(where).is_relative_to(site), where
     samples = site / "modeling_georsclip" / "samples" / "rs-samples"
 
     # convert (console script) -> a plain CLIP folder with its model card
-    from modeling_georsclip.testing import write_open_clip_checkpoint
-
-    checkpoint, arch = write_open_clip_checkpoint(tmp_path / "open_clip", seed=0)
+    checkpoint, arch = open_clip_checkpoint  # the tiny deterministic open_clip model main.py converts
     run(installed, site / "bin" / "georsclip-convert", "--checkpoint", checkpoint, "--arch", arch, "--output", "base")
     for name in ("config.json", "model.safetensors", "README.md", "processor_config.json", "tokenizer.json"):
         assert (work / "base" / name).is_file(), name
