@@ -232,7 +232,7 @@ def print_summary(out: Path, model_dir: Path, results: Path, timings: dict[str, 
         lines += [table.read_text(encoding="utf-8").strip(), ""]
     lines.append(check)
     lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    pictures = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if "work" not in p.parts)
+    pictures = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if "work" not in p.relative_to(out).parts)
     lines += [
         "", f"output folder: {out}",
         f"  model (plain CLIP, loads with transformers.CLIPModel / pipeline): {model_dir.relative_to(out)}/",

@@ -44,6 +44,7 @@ def test_output_folder_holds_checkpoint_card_results_and_pictures(main_job):
     runs = results["runs"] if "runs" in results else [results]
     assert {"zsc", "retrieval", "selo"} <= set(runs[0]["tasks"])
     assert "Rmi" in (out / "results.md").read_text() and "Rmi" in stdout
+    assert "pictures: model/training_curves.png, selo/" in stdout  # the summary lists the pictures
     curves = Image.open(model / "training_curves.png")
     assert curves.format == "PNG" and curves.width > 400
     overlays = sorted((out / "selo" / "model" / "AIR-SLT-mini").glob("*.png"))
