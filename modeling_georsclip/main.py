@@ -2,12 +2,14 @@
 
     python -m modeling_georsclip.main                      # embedded default: vendored samples, tiny model, CPU
     python -m modeling_georsclip.main --checkpoint hf://Zilun/GeoRSCLIP/ckpt/RS5M_ViT-B-32.pt \\
-        --arch ViT-B-32-quickgelu --dataset Zilun/RS5M --train-config configs/ret2.yaml \\
+        --arch ViT-B-32-quickgelu --dataset Zilun/RS5M --train-config ret2 \\
         --data-root /data/rs-benchmarks --num-processes 8 --output runs/georsclip-b32 --push-to-hub me/GeoRSCLIP-B-32
 
 Every stage runs the same command a user would type (``python -m modeling_georsclip.data.build``,
-``python -m modeling_georsclip.convert``, ``accelerate launch train.py``, ``python evaluate.py``), so the
-main job exercises exactly the documented CLIs. Everything lands in one output folder::
+``python -m modeling_georsclip.convert``, ``accelerate launch -m modeling_georsclip.train``,
+``python -m modeling_georsclip.evaluate``), so the main job exercises exactly the documented CLIs, and works
+the same from an installed wheel as from a clone: nothing depends on the working folder being the repository.
+Everything lands in one output folder (default ``./outputs/main`` under the working folder)::
 
     OUT/model/          plain CLIP checkpoint + processor + model card (model-index, widget) + training_curves.png
     OUT/dataset/        mini RS5M: parquet shards + dataset card (README.md) + build reports
@@ -30,12 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .log import get_logger
-from .resources import resolve_config, samples_dir
+from .resources import ResourceError, resolve_config, samples_dir
 
 logger = get_logger(__name__)
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = samples_dir()
 
 
 # The embedded demo trains a little longer than configs/tiny_cpu.yaml (which tests share) and validates on the
@@ -51,7 +50,7 @@ def run_stage(name: str, cmd: Sequence[str], env: dict[str, str] | None = None) 
     """Run one stage's CLI with inherited output; returns its wall time in seconds."""
     logger.info("stage %s: %s", name, shlex.join(str(c) for c in cmd))
     start = time.perf_counter()
-    completed = subprocess.run([str(c) for c in cmd], cwd=REPO, env={**os.environ, **(env or {})})
+    completed = subprocess.run([str(c) for c in cmd], env={**os.environ, **(env or {})})
     if completed.returncode != 0:
         raise StageError(f"stage {name!r} failed (exit {completed.returncode}); rerun: {shlex.join(map(str, cmd))}")
     seconds = time.perf_counter() - start
@@ -64,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m modeling_georsclip.main", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--output", type=Path, default=REPO / "outputs" / "main", help="output folder")
+    parser.add_argument("--output", type=Path, default=Path("outputs") / "main",
+                        help="output folder (default: outputs/main under the working folder)")
     base = parser.add_argument_group("base model (default: a deterministic tiny open_clip checkpoint)")
     base.add_argument("--checkpoint", help="open_clip checkpoint to convert: local path or hf://OWNER/REPO/path")
     base.add_argument("--arch", help="open_clip arch of --checkpoint (e.g. ViT-B-32-quickgelu)")
@@ -72,10 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("training data (default: mini RS5M built from the vendored samples)")
     data.add_argument("--dataset", help="an existing RS5M-format dataset (folder or Hub id): skip the build")
     data.add_argument("--dataset-config", default="default", help="config of --dataset (pub11, rs3, default)")
-    data.add_argument("--captions", type=Path, default=SAMPLES / "captions.csv", help="CSV file,caption[,source]")
-    data.add_argument("--images", type=Path, default=SAMPLES / "images", help="image folder of --captions")
+    data.add_argument("--samples", type=Path, default=None,
+                      help="folder of real RS samples (captions.csv, images/, airslt_anno.json); default: the ones "
+                           "shipped in the package")
+    data.add_argument("--captions", type=Path, help="CSV file,caption[,source] (default: SAMPLES/captions.csv)")
+    data.add_argument("--images", type=Path, help="image folder of --captions (default: SAMPLES/images)")
     train = parser.add_argument_group("training")
-    train.add_argument("--train-config", type=Path, default=resolve_config("tiny_cpu"))
+    train.add_argument("--train-config", default="tiny_cpu",
+                       help="packaged recipe name (tiny_cpu, ret2, rs5m_vitb32, lora) or a YAML path")
     train.add_argument("--train-args", default=None,
                        help="extra train.py overrides, e.g. '--max_steps 100' (default for the embedded demo: "
                             f"'{DEMO_TRAIN_ARGS}')")
@@ -109,6 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModelLoadError as err:
             print(f"error: --base-model: {err}", file=sys.stderr)
             return 2
+    samples = (args.samples or samples_dir()).resolve()
+    if not (samples / "images").is_dir():
+        print(f"error: no RS samples at {samples}: pass --samples DIR (a folder with captions.csv, images/ and "
+              "airslt_anno.json, e.g. samples/rs-samples of a GeoRSCLIP clone)", file=sys.stderr)
+        return 2
+    try:
+        train_config = resolve_config(args.train_config)
+    except ResourceError as err:
+        print(f"error: --train-config: {err}", file=sys.stderr)
+        return 2
     out: Path = args.output.resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -121,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             dataset, dataset_config = str(out / "dataset"), "pub11"
             timings["dataset"] = run_stage("dataset", [
-                python, "-m", "modeling_georsclip.data.build", "--captions", args.captions, "--images", args.images,
+                python, "-m", "modeling_georsclip.data.build",
+                "--captions", args.captions or samples / "captions.csv", "--images", args.images or samples / "images",
                 "--output", dataset, "--config", "pub11", "--split", "train", "--shard-size", "16",
                 "--filters", "invalid,dedup", "--overwrite",  # the RS keyword filter is for web alt-text, not RS captions
             ])
@@ -155,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     env["ACCELERATE_USE_CPU"] = "1"
             data_spec = json.dumps([{"path": dataset, "config": dataset_config}])
             timings["train"] = run_stage("train", [
-                *launch, "train.py", "--config", args.train_config, "--model", base, "--data", data_spec,
+                *launch, "-m", "modeling_georsclip.train", "--config", train_config, "--model", base, "--data", data_spec,
                 "--output_dir", train_out, "--report_to", "tensorboard", *shlex.split(DEMO_TRAIN_ARGS if args.train_args is None and not args.checkpoint else args.train_args or ""),
             ], env=env)
             final = train_out / "final"
@@ -169,15 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             data_root = work / "eval-data"
             shutil.rmtree(data_root, ignore_errors=True)
-            make_eval_fixture(data_root)
+            make_eval_fixture(data_root, samples)
         results = out / "results.json"
         models = [str(model_dir)] if args.skip_train else [str(model_dir), base]
         timings["evaluate"] = run_stage("evaluate", [
-            python, "evaluate.py", "--model", *models, "--tasks", args.tasks, "--data-root", data_root,
+            python, "-m", "modeling_georsclip.evaluate", "--model", *models, "--tasks", args.tasks, "--data-root", data_root,
             "--output", results, "--selo-mode", args.selo_mode, "--overlay-dir", out / "selo",
         ])
         # 5. check the checkpoint the way a Hub widget would load it -------------------------------
-        check = pipeline_check(model_dir)
+        check = pipeline_check(model_dir, samples)
         # 6. Hub -----------------------------------------------------------------------------------
         if args.push_to_hub:
             push(out, model_dir, args.push_to_hub, args.dry_run, dataset_built=not args.dataset)
@@ -188,12 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def pipeline_check(model_dir: Path) -> str:
+def pipeline_check(model_dir: Path, samples: Path) -> str:
     """Load the output with stock ``transformers.pipeline`` (no remote code) and classify a real image."""
     from transformers import pipeline
 
     classifier = pipeline("zero-shot-image-classification", model=str(model_dir))
-    image = SAMPLES / "images" / "remoteclip__airport.jpg"
+    image = samples / "images" / "remoteclip__airport.jpg"
     labels = ["airport", "farmland", "forest", "harbor", "residential area"]
     top = classifier(str(image), candidate_labels=labels)[0]
     return f"pipeline('zero-shot-image-classification') on {image.name}: top label {top['label']!r} ({top['score']:.3f})"
@@ -225,7 +240,7 @@ def print_summary(out: Path, model_dir: Path, results: Path, timings: dict[str, 
         lines += [table.read_text(encoding="utf-8").strip(), ""]
     lines.append(check)
     lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    pictures = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if "work" not in p.parts)
+    pictures = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if "work" not in p.relative_to(out).parts)
     lines += [
         "", f"output folder: {out}",
         f"  model (plain CLIP, loads with transformers.CLIPModel / pipeline): {model_dir.relative_to(out)}/",

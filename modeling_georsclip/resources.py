@@ -11,6 +11,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 _PACKAGE = "modeling_georsclip"
 
@@ -98,3 +99,26 @@ def get_arch_config(name_or_path: str | os.PathLike) -> dict:
     if not isinstance(cfg, dict) or "embed_dim" not in cfg:
         raise ValueError(f"arch config {path} is not an open_clip model config (no embed_dim)")
     return cfg
+def is_packaged_recipe(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of the recipes shipped in the package (not a user's file)."""
+    return Path(path).resolve().parent == package_path("configs").resolve()
+
+
+def locate_recipe_data(source: Any) -> Any:
+    """A packaged recipe's relative data paths, made to work outside a clone.
+
+    The recipes name the vendored samples ``samples/rs-samples/...``: from a clone's root that path exists
+    (``samples`` links into the package), from anywhere else it does not, so a relative path that is missing
+    under the working folder but present under the package folder becomes the packaged file. Anything else
+    (absolute paths, Hub ids, a user's own data) is returned unchanged. ``source`` is a path, a source mapping
+    (``path`` / ``images`` keys) or a list of them.
+    """
+    if isinstance(source, list):
+        return [locate_recipe_data(item) for item in source]
+    if isinstance(source, dict):
+        return {k: locate_recipe_data(v) if k in ("path", "images") else v for k, v in source.items()}
+    if isinstance(source, str) and not Path(source).is_absolute() and not Path(source).exists():
+        packaged = package_path(*Path(source).parts)
+        if packaged.exists():
+            return str(packaged)
+    return source

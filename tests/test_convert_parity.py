@@ -28,8 +28,9 @@ from modeling_georsclip.convert import (
 from modeling_georsclip.resources import arch_names, get_arch_config
 from modeling_georsclip.testing import perturbed_open_clip, tiny_open_clip_config
 
-REPO = Path(__file__).resolve().parents[1]
-CAPTIONS_FILE = REPO / "tests" / "data" / "rsitmd_test_caps.txt"
+from conftest import SAMPLES, TEST_DATA
+
+CAPTIONS_FILE = TEST_DATA / "rsitmd_test_caps.txt"
 TOLERANCE = 1e-4
 
 
@@ -189,7 +190,7 @@ def test_cli_output_is_a_plain_clip_checkpoint(converted, tiny_checkpoint, capsy
         theirs = F.normalize(reference.encode_image(pixels), dim=-1)
     assert (ours - theirs).abs().max() < TOLERANCE
 
-    image = REPO / "samples" / "rs-samples" / "images" / "cliprsicd__stadium_1.jpg"
+    image = SAMPLES / "images" / "cliprsicd__stadium_1.jpg"
     classifier = pipeline("zero-shot-image-classification", model=str(converted))
     scores = classifier(str(image), candidate_labels=["stadium", "harbor", "forest"])
     assert sorted(s["label"] for s in scores) == ["forest", "harbor", "stadium"]

@@ -27,8 +27,7 @@ from modeling_georsclip.data.geometa import parse_geo_metadata
 from modeling_georsclip.data.shards import FEATURES
 from modeling_georsclip.data.sources import csv_items, folder_items, tar_items
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples" / "rs-samples"
+from conftest import SAMPLES, TEST_DATA, subprocess_env
 
 
 def noise_image(seed: int, size: int = 40, fmt: str = "PNG") -> bytes:
@@ -53,7 +52,7 @@ def rs3_inputs(folder: Path, count: int = 12, offset: int = 0) -> tuple[Path, Pa
     """An rs3_dump-like captions CSV (real RS3 captions) with generated stand-in images."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
-    with open(ROOT / "tests" / "data" / "rs3_dump_2k.csv", newline="", encoding="utf-8") as handle:
+    with open(TEST_DATA / "rs3_dump_2k.csv", newline="", encoding="utf-8") as handle:
         dump = [r for r in csv.DictReader(handle) if r["caption"].strip()][offset : offset + count]
     rows = []
     for i, row in enumerate(dump):
@@ -273,7 +272,7 @@ def test_sigkilled_cli_build_resumes_exactly_and_leaves_no_worker(tmp_path):
         "b.prepare = slow\n"
         "sys.exit(b.main(sys.argv[1:]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     child = subprocess.Popen([sys.executable, "-c", script, *args, "--output", str(killed)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = killed / ".build/rs3/train/progress.json"

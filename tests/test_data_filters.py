@@ -30,7 +30,8 @@ from modeling_georsclip.imaging import load_image
 from modeling_georsclip.processing import GeoRSCLIPProcessor
 from modeling_georsclip.testing import tiny_clip
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "rs-samples"
+from conftest import SAMPLES
+
 IMAGES = SAMPLES / "images"
 
 

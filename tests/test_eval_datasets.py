@@ -16,7 +16,7 @@ from modeling_georsclip.evaluation.datasets import (
 )
 from modeling_georsclip.evaluation.fixtures import make_eval_fixture
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "rs-samples"
+from conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_dedup_rsicd_rsitmd_style(fixture_root, tmp_path):
     assert cleaned.captions == ["caption 2", "x"] and cleaned.text_to_image == [0, 0]
 
 
-SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "samples" / "rs-samples" / "images"
+SAMPLE_IMAGES = SAMPLES / "images"
 
 
 def _write_table(folder: Path, rows: dict, features) -> Path:

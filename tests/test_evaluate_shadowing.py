@@ -4,11 +4,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from modeling_georsclip.resources import package_path
+
+from conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow  # every test starts Python processes that import the evaluate library
 LIBRARY = os.path.join("site-packages", "evaluate", "__init__.py")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = subprocess_env()
 ENV.pop("PYTHONPATH", None)
 PROBE = textwrap.dedent(
     """
@@ -19,7 +24,7 @@ PROBE = textwrap.dedent(
         metric = evaluate.load({module!r})  # the metric script itself runs `import evaluate`
         assert metric.compute(predictions=[[0.1, 0.9]], references=[1], topk=[1]) == {{"top1": 100.0}}
     """
-).format(library=LIBRARY, module=str(ROOT / "modeling_georsclip/metrics/modules/zeroshot_accuracy"))
+).format(library=LIBRARY, module=str(package_path("metrics", "modules", "zeroshot_accuracy")))
 
 
 def run(args, **env):

@@ -2,10 +2,8 @@
 (single process and sharded under accelerate) on the vendored-sample fixture with a tiny random CLIP."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +20,7 @@ from modeling_georsclip.evaluation.retrieval import evaluate_retrieval
 from modeling_georsclip.evaluation.selo import mean_heat_map, probability_map, selo_windows, window_crops
 from modeling_georsclip.testing import save_tiny_clip
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+from conftest import ROOT, SAMPLES, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def single_run(setup):
     out = base / "single" / "results.json"
     proc = subprocess.run([sys.executable, "evaluate.py", "--model", str(model), "--data-root", str(data["root"]),
                            "--tasks", "zsc,retrieval,selo", "--output", str(out)],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     document = json.loads(out.read_text())
     assert list(document) == ["runs"] and len(document["runs"]) == 1  # one shape, even for one model
@@ -74,7 +71,7 @@ def test_heat_map_is_the_per_pixel_mean():
 
 
 def test_paper_mode_adds_only_small_jpeg_losses():
-    scene = np.asarray(Image.open(ROOT / "samples/rs-samples/images/mmrotate__dota_demo.jpg").convert("RGB"))
+    scene = np.asarray(Image.open(SAMPLES / "images" / "mmrotate__dota_demo.jpg").convert("RGB"))
     windows = selo_windows(*scene.shape[:2])[:3]
     paper, clean = window_crops(scene, windows, "paper"), window_crops(scene, windows, "clean")
     diffs = [np.abs(np.asarray(p, float) - np.asarray(c, float)) for p, c in zip(paper, clean, strict=True)]
@@ -116,6 +113,7 @@ def test_retrieval_matches_clip_benchmark_evaluate(setup):
         assert ours[f"i2t_R@{k}"] == pytest.approx(100 * ref[f"text_retrieval_recall@{k}"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_py_end_to_end(setup, single_run):
     base, data, model = setup
     out, results = single_run
@@ -151,13 +149,14 @@ def test_evaluate_py_end_to_end(setup, single_run):
     assert not (base / "never.json").exists()
 
 
+@pytest.mark.slow
 def test_sharded_under_accelerate_equals_single_process(setup, single_run):
     base, data, model = setup
     out = base / "sharded" / "results.json"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     proc = subprocess.run(launcher + ["evaluate.py", "--model", str(model), "--data-root", str(data["root"]),
                                       "--output", str(out), "--no-card", "--batch-size", "3"],
-                          cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=400)
+                          cwd=ROOT, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded, single = json.loads(out.read_text())["runs"][0]["tasks"], single_run[1]["tasks"]
     for task, datasets in single.items():

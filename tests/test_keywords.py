@@ -12,7 +12,7 @@ import pytest
 
 from modeling_georsclip.data.keywords import keyword_filter_parquet, keyword_regex, matches_rs_keywords
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "rs-samples"
+from conftest import SAMPLES, TEST_DATA
 
 CAPTIONS = [
     ("A SATELLITE view of Paris", True),
@@ -81,7 +81,7 @@ def test_keyword_filter_over_several_files_and_missing_column(metadata, tmp_path
 
 def test_duckdb_and_python_agree_on_real_captions(tmp_path):
     """RE2 (DuckDB) and Python ``re`` read the one pattern the same way on 2,000 RS3 and the PUB11-like captions."""
-    with open(Path(__file__).resolve().parent / "data" / "rs3_dump_2k.csv", newline="", encoding="utf-8") as handle:
+    with open(TEST_DATA / "rs3_dump_2k.csv", newline="", encoding="utf-8") as handle:
         texts = [row["caption"] for row in csv.DictReader(handle)]
     with open(SAMPLES / "captions.csv", newline="", encoding="utf-8") as handle:
         texts += [row["caption"] for row in csv.DictReader(handle)]

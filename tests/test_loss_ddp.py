@@ -1,6 +1,5 @@
 """Global-batch CLIP loss: 2 CPU processes with batch b == 1 process with batch 2b (loss and every gradient)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,18 @@ from ddp_loss_script import batch, loss_and_grads  # noqa: E402
 
 from modeling_georsclip.testing import tiny_clip  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, subprocess_env  # noqa: E402
+
 PER_RANK = 4
+
+pytestmark = pytest.mark.slow  # an accelerate launch of 2 processes
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory) -> Path:
     """One 2-process launch computes both loss variants (launching is most of the cost)."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            str(ROOT / "tests" / "ddp_loss_script.py"), str(out), str(PER_RANK)]

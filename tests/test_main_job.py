@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,17 +12,19 @@ import pytest
 from huggingface_hub import DatasetCard, ModelCard
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, SAMPLES, subprocess_env
+
+pytestmark = pytest.mark.slow  # the whole main job, every stage a subprocess
 
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
-    out = tmp_path_factory.mktemp("main") / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    cwd = tmp_path_factory.mktemp("main")  # outside the repository: no stage may depend on the working folder
+    out = cwd / "outputs" / "main"  # the default --output, relative to the working folder
+    assert ROOT not in cwd.parents
     completed = subprocess.run(
-        [sys.executable, "-m", "modeling_georsclip.main", "--output", str(out), "--push-to-hub", "me/georsclip-demo",
-         "--dry-run"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "modeling_georsclip.main", "--push-to-hub", "me/georsclip-demo", "--dry-run"],
+        cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return out, completed.stdout, completed.stderr
@@ -45,6 +46,7 @@ def test_output_folder_holds_checkpoint_card_results_and_pictures(main_job):
     runs = results["runs"]
     assert {"zsc", "retrieval", "selo"} <= set(runs[0]["tasks"])
     assert "Rmi" in (out / "results.md").read_text() and "Rmi" in stdout
+    assert "pictures: model/training_curves.png, selo/" in stdout  # the summary lists the pictures
     curves = Image.open(model / "training_curves.png")
     assert curves.format == "PNG" and curves.width > 400
     overlays = sorted((out / "selo" / "model" / "AIR-SLT-mini").glob("*.png"))
@@ -58,7 +60,7 @@ def test_dataset_card_and_shards_load_with_plain_datasets(main_job):
     card = DatasetCard.load(out / "dataset" / "README.md")
     assert {c["config_name"] for c in card.data.configs} >= {"pub11", "default"}
     rows = load_dataset(str(out / "dataset"), "pub11", split="train")
-    captions = (ROOT / "samples" / "rs-samples" / "captions.csv").read_text(encoding="utf-8").strip().splitlines()
+    captions = (SAMPLES / "captions.csv").read_text(encoding="utf-8").strip().splitlines()
     assert len(rows) == len(captions) - 1
     assert set(rows.column_names) >= {"image", "caption", "source", "key"}
 
@@ -68,7 +70,7 @@ def test_output_checkpoint_works_with_the_stock_pipeline(main_job):
 
     out, _, _ = main_job
     classifier = pipeline("zero-shot-image-classification", model=str(out / "model"))
-    scores = classifier(str(ROOT / "samples/rs-samples/images/remoteclip__airport.jpg"),
+    scores = classifier(str(SAMPLES / "images" / "remoteclip__airport.jpg"),
                         candidate_labels=["airport", "forest", "harbor"])
     assert {s["label"] for s in scores} == {"airport", "forest", "harbor"}
     assert abs(sum(s["score"] for s in scores) - 1) < 1e-4
@@ -96,3 +98,16 @@ def test_push_without_network_keeps_everything_and_says_why(main_job, monkeypatc
     assert len(messages) == 2 and all("push skipped" in m and "push it later" in m for m in messages)
     after = sorted(p.relative_to(out) for p in (out / "model").rglob("*"))
     assert set(before) <= set(after) and (out / "model" / "results.json").exists()
+
+
+def test_missing_samples_is_one_line_naming_the_samples_option(tmp_path, monkeypatch, capsys):
+    from modeling_georsclip import main as main_module
+
+    monkeypatch.chdir(tmp_path)
+    assert main_module.main(["--samples", str(tmp_path / "nowhere")]) == 2
+    monkeypatch.setattr(main_module, "samples_dir", lambda: tmp_path / "not-packaged")  # a wheel without samples
+    assert main_module.main([]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("--samples DIR" in line for line in lines)
+    assert str(tmp_path / "nowhere") in lines[0] and str(tmp_path / "not-packaged") in lines[1]
+    assert not (tmp_path / "outputs").exists()  # nothing written before the check

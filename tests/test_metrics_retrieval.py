@@ -1,6 +1,5 @@
 """retrieval_recall and accuracy against clip_benchmark itself (installed reference library)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +8,9 @@ from clip_benchmark.metrics import zeroshot_retrieval
 from sklearn.metrics import top_k_accuracy_score
 
 from modeling_georsclip.metrics import EmbeddingSimilarity, accuracy, retrieval_recall
+from modeling_georsclip.resources import package_path
 
-ROOT = Path(__file__).resolve().parents[1]
-MODULES = ROOT / "modeling_georsclip" / "metrics" / "modules"
+MODULES = package_path("metrics", "modules")
 
 
 def multi_caption_data(seed, n_images=40, dim=16, quantize=None):

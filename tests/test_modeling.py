@@ -9,14 +9,14 @@ import torch.nn.functional as F
 from transformers import AutoModel, CLIPModel
 
 from modeling_georsclip import GeoRSCLIPModel, GeoRSCLIPProcessor
-from modeling_georsclip.testing import save_tiny_clip, tiny_clip
+from modeling_georsclip.testing import tiny_clip
 
 CLASSES = ["airport", "dense residential", "forest"]
 TEMPLATES = ["a satellite image of {}.", "an aerial photo of the {}, seen from above, with many details.", "{}"]
 
 
-def test_saved_folder_is_plain_clip(tmp_path):
-    folder = save_tiny_clip(tmp_path / "m")
+def test_saved_folder_is_plain_clip(tiny_model_dir):
+    folder = tiny_model_dir
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "clip" and config["architectures"] == ["CLIPModel"]
     assert (folder / "model.safetensors").exists() and not list(folder.glob("*.bin"))

@@ -19,8 +19,9 @@ from PIL import Image
 from modeling_georsclip import GeoRSCLIPProcessor
 from modeling_georsclip.imaging import load_image, to_rgb
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGE_DIRS = [REPO / "samples" / "rs-samples" / "images", REPO.parent / "shared" / "data" / "rs-samples" / "images"]
+from conftest import ROOT, SAMPLES
+
+IMAGE_DIRS = [SAMPLES / "images", ROOT.parent / "shared" / "data" / "rs-samples" / "images"]
 TOLERANCE = 1e-6
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import open_clip
 import pytest
 import torch
@@ -11,8 +9,9 @@ import torch
 from modeling_georsclip import GeoRSCLIPProcessor, load_tokenizer
 from modeling_georsclip.testing import tiny_clip
 
-REPO = Path(__file__).resolve().parents[1]
-CAPTIONS = REPO / "tests" / "data" / "rsitmd_test_caps.txt"
+from conftest import TEST_DATA
+
+CAPTIONS = TEST_DATA / "rsitmd_test_caps.txt"
 EOS, SOT, CONTEXT = 49407, 49406, 77
 
 

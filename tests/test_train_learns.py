@@ -7,11 +7,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from modeling_georsclip.processing import GeoRSCLIPProcessor
+from modeling_georsclip.resources import resolve_config
 from modeling_georsclip.testing import tiny_clip
 from modeling_georsclip.training import TrainConfig, train
 from modeling_georsclip.training.loop import ValidationSet
 
-ROOT = Path(__file__).resolve().parents[1]
 # Land-cover-like backgrounds and man-made objects drawn on them.
 SURFACES = {"forest": (34, 100, 40), "water": (30, 70, 160), "desert": (200, 170, 100), "urban": (120, 120, 120)}
 OBJECTS = ["round tank", "square building", "long road"]
@@ -56,7 +56,7 @@ def test_tiny_model_learns_retrieval(tmp_path):
     processor = GeoRSCLIPProcessor.default(image_size=32)
     before = ValidationSet(val, processor, 100).evaluate(tiny_clip(seed=0), "cpu")
 
-    cfg = TrainConfig.load(ROOT / "configs/tiny_cpu.yaml", [
+    cfg = TrainConfig.load(resolve_config("tiny_cpu"), [
         "--output_dir", str(tmp_path / "run"), "--data", f"[{train_csv}]", "--val_data", str(val_csv),
         "--batch_size", "24", "--max_steps", "30", "--lr", "2e-3", "--warmup_steps", "5", "--num_workers", "2",
         "--checkpoint_every", "0", "--report_to", "none", "--shuffle_buffer", "200"])

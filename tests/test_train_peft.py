@@ -1,21 +1,22 @@
 """A LoRA run saves an adapter and a merged plain CLIP folder that stock transformers and the pipeline load."""
 
 import json
-from pathlib import Path
 
 import torch
 from PIL import Image
 from transformers import CLIPModel, pipeline
 
+from modeling_georsclip.resources import resolve_config
 from modeling_georsclip.training import TrainConfig, train
 from modeling_georsclip.training.peft_utils import load_peft_logit_scale
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "samples/rs-samples/images/cliprsicd__stadium_1.jpg"
+from conftest import SAMPLES
+
+IMAGE = SAMPLES / "images" / "cliprsicd__stadium_1.jpg"
 
 
 def test_lora_run_saves_adapter_and_merged_clip(tmp_path):
-    cfg = TrainConfig.load(ROOT / "configs/tiny_cpu.yaml", [
+    cfg = TrainConfig.load(resolve_config("tiny_cpu"), [
         "--output_dir", str(tmp_path), "--peft", "lora", "--peft_r", "4", "--max_steps", "3", "--lr", "5e-2",
         "--num_workers", "0", "--checkpoint_every", "0", "--report_to", "none", "--val_data", "null"])
     final = train(cfg)

@@ -1,15 +1,16 @@
 """train.py --push_to_hub without network: everything is saved first, then one clear error (exit 3)."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+from conftest import ROOT, subprocess_env
 
 
+@pytest.mark.slow
 def test_push_without_network_saves_everything_then_fails_clearly(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf")}
+    env = subprocess_env(HF_HOME=str(tmp_path / "hf"))
     completed = subprocess.run(
         [sys.executable, "train.py", "--config", "configs/tiny_cpu.yaml", "--output_dir", str(tmp_path / "run"),
          "--max_steps", "1", "--num_workers", "0", "--checkpoint_every", "0", "--report_to", "none",

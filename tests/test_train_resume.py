@@ -1,7 +1,6 @@
 """A run killed with SIGKILL and resumed with ``--resume latest`` ends with the weights of an uninterrupted run."""
 
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
@@ -13,15 +12,15 @@ from safetensors.torch import load_file
 
 from modeling_georsclip.training import ConfigError, ResumeError, TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, subprocess_env
+
 # grad_accum 2, 2 workers, augmentation on, 8 steps over ~3 epochs: every piece of state has to come back.
 ARGS = ["--config", "configs/tiny_cpu.yaml", "--max_steps", "8", "--batch_size", "4", "--grad_accum", "2",
         "--checkpoint_every", "3", "--keep_checkpoints", "2", "--val_data", "null", "--report_to", "none"]
 
 
 def start(output_dir: Path, *extra: str, sleep: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "GEORSCLIP_DEBUG_STEP_SLEEP": str(sleep)}
+    env = subprocess_env(OMP_NUM_THREADS="1", GEORSCLIP_DEBUG_STEP_SLEEP=str(sleep))
     return subprocess.Popen([sys.executable, "train.py", *ARGS, "--output_dir", str(output_dir), *extra],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -31,6 +30,7 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     reference = start(tmp_path / "ref")
     victim = start(tmp_path / "killed", sleep=0.6)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..resources import is_packaged_recipe, locate_recipe_data
+
 
 class ConfigError(ValueError):
     """A bad training configuration (unknown key, wrong value); raised before any work."""
@@ -142,6 +144,8 @@ class TrainConfig:
             if not isinstance(loaded, dict):
                 raise ConfigError(f"config file {path} must hold a mapping of keys to values")
             values.update(loaded)
+            if is_packaged_recipe(path):  # its samples/... paths must work from a wheel too
+                values.update({k: locate_recipe_data(values[k]) for k in ("data", "val_data") if k in values})
         values.update(parse_overrides(overrides))
         return cls.from_dict(values, origin=str(path) if path else "command line")
 
