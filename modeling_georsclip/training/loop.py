@@ -345,6 +345,7 @@ def train(cfg: TrainConfig, step_timer: StepTimer | None = None) -> Path:
         history.append({"step": step, **{f"val_{k}": v for k, v in results.items()}})
         logger.info("final validation retrieval: %s", {k: round(v, 2) for k, v in results.items()})
     summary = {"steps": step, "epochs_started": epoch + 1, "skipped_samples": skipped,
+               "distributed_type": accelerator.distributed_type.value, "world_size": accelerator.num_processes,
                "final_validation": results, "history": history}
     final = save_final(accelerator, model, processor, cfg, summary)
     accelerator.end_training()
