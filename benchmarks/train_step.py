@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,15 +27,14 @@ def _repeated_csv(spec, repeat: int, folder: Path) -> dict:
     if spec.resolved_kind() != "csv" or repeat <= 1:
         return dataclasses.asdict(spec)
     lines = Path(spec.path).read_text().splitlines()
-    out = folder / "captions.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"captions-{os.environ.get('RANK', '0')}.csv"
     out.write_text("\n".join([lines[0], *lines[1:] * repeat]) + "\n")
     images = spec.images or str(Path(spec.path).parent)
     return {"path": str(out), "images": str(Path(images).resolve())}
 
 
 def measure(config: str, steps: int, warmup: int, overrides: list[str], repeat: int, folder: Path) -> dict:
-    from accelerate import PartialState
-
     from modeling_georsclip.resources import resolve_config
     from modeling_georsclip.training import TrainConfig, train
     from modeling_georsclip.training.stream import SourceSpec
@@ -49,7 +50,7 @@ def measure(config: str, steps: int, warmup: int, overrides: list[str], repeat: 
     result = timer.report()
     result["steps_timed"] = steps
     result["samples_per_s_per_process"] = cfg.batch_size * 1000 / result["step_ms"]
-    result["processes"] = PartialState().num_processes
+    result["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
     result["checkpoint_every"] = cfg.checkpoint_every
     return result
 
@@ -63,18 +64,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=40, help="repeat a CSV source's rows (steady state)")
     parser.add_argument("--json", help="also write the figures of the main process here")
     args, overrides = parser.parse_known_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        # Every process must use the same output folder: rank 0's temp name is shared through the process group.
-        from accelerate import PartialState
-        from accelerate.utils import broadcast_object_list
-
-        state = PartialState()
-        folder = [tmp]
-        if state.num_processes > 1:
-            broadcast_object_list(folder)
+    # Every process of one launch must write into the same folder: they share their parent (the launcher).
+    # (No accelerate state may be created before train() builds its Accelerator from the launch environment.)
+    folder = Path(tempfile.gettempdir()) / f"georsclip-train-step-{os.getppid()}"
+    main_process = os.environ.get("RANK", "0") == "0"
+    try:
         result = measure(args.config, args.steps, args.warmup, ["--num_workers", str(args.workers), *overrides],
-                         args.repeat, Path(folder[0]))
-    if not state.is_main_process:
+                         args.repeat, folder)
+    finally:
+        if main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+    if not main_process:
         return
     print(f"train step breakdown ({result['processes']} process(es), {args.workers} workers, "
           f"{result['steps_timed']} steps, checkpoint every {result['checkpoint_every']}, logging every step)")

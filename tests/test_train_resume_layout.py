@@ -4,6 +4,7 @@ The data position is saved per process and per dataloader worker (each reads its
 epoch on another layout would repeat or skip samples: the trainer refuses, naming both values.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -40,9 +41,13 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            "train.py", "--config", "configs/tiny_cpu.yaml", *COMMON, "--output_dir", str(out), "--max_steps", "1",
-           "--num_workers", "0"]
+           "--num_workers", "0", "--eval_every", "1",  # validation runs on both processes, the main one logs
+           "--val_data", "{path: samples/rs-samples/captions.csv, images: samples/rs-samples/images}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "final/train_results.json").read_text())
+    assert (summary["distributed_type"], summary["world_size"]) == ("MULTI_CPU", 2)
+    assert [h["step"] for h in summary["history"] if "val_mR" in h] == [1, 1]  # step 1, then the final one
     before = checkpoints(out)
     cfg = TrainConfig.load(ROOT / "configs/tiny_cpu.yaml", [*COMMON, "--output_dir", str(out), "--max_steps", "3",
                                                             "--num_workers", "0", "--resume", "latest"])
