@@ -51,10 +51,10 @@ part() {  # part NAME LIMIT_S CMD...: run CMD (a command or a function) with a t
 
 if [[ $DRY -eq 1 ]]; then
     DEVICE=cpu; IMAGES=64; IMAGE_PX=64; BATCH=8; STEPS=3; WORKERS=1; SCENE=600; SELO_MODEL=tiny
-    EMBED_BATCH=2; EMBED_REPS=1
+    EMBED_BATCH=2; EMBED_REPS=1; EMBED_LIMIT=150
 else
     DEVICE=cuda; IMAGES=2048; IMAGE_PX=256; BATCH=256; STEPS=30; WORKERS=12; SCENE=3000; SELO_MODEL=b32
-    EMBED_BATCH=256; EMBED_REPS=10
+    EMBED_BATCH=256; EMBED_REPS=10; EMBED_LIMIT=45
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 fi
@@ -122,7 +122,7 @@ fsdp_bench() {
     if [[ $DRY -eq 1 ]]; then
         if ACCELERATE_USE_CPU=1 "${LAUNCH[@]}" "${FSDP[@]}" --num_processes 1 --mixed_precision no "${BENCH[@]}" \
             2> "$WORK/fsdp_err.txt"; then echo "unexpected: FSDP ran on CPU"; return 1; fi
-        grep -o "FSDP was requested but accelerate runs .*" "$WORK/fsdp_err.txt" | head -1
+        grep -o "error: FSDP was requested but accelerate runs [A-Z_]* on .*" "$WORK/fsdp_err.txt" | head -1
         return 0
     fi
     "${LAUNCH[@]}" "${FSDP[@]}" --num_processes 1 --mixed_precision "$PRECISION" "${BENCH[@]}" \
@@ -136,6 +136,7 @@ fsdp_correct() {
                --checkpoint_every 3 --eval_every 3 --report_to none --mixed_precision no)
     local launch=("${LAUNCH[@]}" --num_processes 1 --mixed_precision no)
     if [[ $DRY -eq 1 ]]; then launch=("$PY"); else launch+=("${FSDP[@]}"); fi  # dry: the flow without FSDP
+    trap 'tail -n 20 "$WORK"/*.log' ERR  # a failing run shows its log
     "$PY" "${run[@]}" --output_dir "$WORK/plain" > "$WORK/plain.log" 2>&1
     "${launch[@]}" "${run[@]}" --output_dir "$WORK/fsdp" > "$WORK/fsdp.log" 2>&1
     GEORSCLIP_DEBUG_STEP_SLEEP=1 setsid "${launch[@]}" "${run[@]}" --output_dir "$WORK/killed" \
@@ -172,7 +173,7 @@ part "FSDP2 correctness (tiny): losses, validation, final save, sharded resume" 
 
 # ---- 4. image embedding throughput vs open_clip on the same (random, converted) weights
 for dtype in fp32 bf16; do
-    part "image embeddings $dtype vs open_clip" 45 "$PY" benchmarks/embed_throughput.py --device "$DEVICE" \
+    part "image embeddings $dtype vs open_clip" "$EMBED_LIMIT" "$PY" benchmarks/embed_throughput.py --device "$DEVICE" \
         --dtype "$dtype" --batch "$EMBED_BATCH" --reps "$EMBED_REPS" --threads "$(nproc)"
 done
 

@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=40, help="repeat a CSV source's rows (steady state)")
     parser.add_argument("--json", help="also write the figures of the main process here")
     args, overrides = parser.parse_known_args()
+    from modeling_georsclip.training import ConfigError
+    from modeling_georsclip.training.stream import DataError
     # Every process of one launch must write into the same folder: they share their parent (the launcher).
     # (No accelerate state may be created before train() builds its Accelerator from the launch environment.)
     folder = Path(tempfile.gettempdir()) / f"georsclip-train-step-{os.getppid()}"
@@ -71,6 +73,8 @@ def main() -> None:
     try:
         result = measure(args.config, args.steps, args.warmup, ["--num_workers", str(args.workers), *overrides],
                          args.repeat, folder)
+    except (ConfigError, DataError) as err:
+        raise SystemExit(f"error: {err}") from None
     finally:
         if main_process:
             shutil.rmtree(folder, ignore_errors=True)

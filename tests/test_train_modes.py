@@ -154,3 +154,10 @@ def test_compile_saves_plain_keys(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in weights(final))
     start, end = initial(), weights(final)
     assert any(not torch.equal(start[k], end[k]) for k in start)
+
+
+def test_bare_yaml_no_means_no_mixed_precision(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: tiny\nmixed_precision: no\n")  # YAML 1.1 reads `no` as false
+    assert TrainConfig.load(recipe).mixed_precision == "no"
+    assert TrainConfig.load(None, ["--mixed_precision", "no"]).mixed_precision == "no"
