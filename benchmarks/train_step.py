@@ -55,6 +55,7 @@ def measure(config: str, steps: int, warmup: int, overrides: list[str], repeat: 
     result["batch_size"] = cfg.batch_size
     result["processes"] = int(os.environ.get("WORLD_SIZE", "1"))
     result["checkpoint_every"] = cfg.checkpoint_every
+    result["logging"] = f"{cfg.report_to} every {cfg.log_every} step(s)"
     return result
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     if not main_process:
         return
     print(f"train step breakdown ({result['processes']} process(es), {args.workers} workers, "
-          f"{result['steps_timed']} steps, checkpoint every {result['checkpoint_every']}, logging every step)")
+          f"{result['steps_timed']} steps, checkpoint every {result['checkpoint_every']}, logging: {result['logging']})")
     for phase in ("data_wait", "forward", "backward", "optimizer", "rest"):
         print(f"  {phase:10s} {result[f'{phase}_ms']:8.2f} ms  {100 * result[f'{phase}_frac']:5.1f} %")
     print(f"  {'step':10s} {result['step_ms']:8.2f} ms  ({result['samples_per_s_per_process']:.0f} samples/s "
