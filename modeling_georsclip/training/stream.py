@@ -479,7 +479,7 @@ def build_train_dataset(
 
 
 def source_rows(source: str | dict | SourceSpec) -> Iterator[dict]:
-    """The raw rows (``image`` undecoded, ``caption`` bytes) of one source, unshuffled: for validation sets."""
+    """The raw rows (``image`` undecoded, ``caption`` bytes) of one source in a fixed order: for validation sets."""
     spec = SourceSpec.from_any(source)
     resolved = _resolve_csv(spec) if spec.resolved_kind() == "csv" else _resolve_files(spec)
     stream = StreamingPairs([resolved], tokenizer=None, image_transform=None, batch_size=1, shuffle_buffer=1)
