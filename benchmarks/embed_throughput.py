@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/embed_throughput.py --arch ViT-B-32-quickgelu --batch 16 --reps 5 --threads 2
 
 Random ViT-B-32-sized open_clip weights are converted with ``modeling_georsclip.convert``; both models
-embed the same pixel batch with the same thread count, fp32, ``torch.inference_mode``. Repetitions are
+embed the same pixel batch with the same thread count and dtype (``--dtype fp32|bf16``), ``torch.inference_mode``. Repetitions are
 interleaved (open_clip, ours-sdpa, ours-eager, open_clip, ...) so that load from other processes hits all
 alike; the median images/s and the ratio ours / open_clip are printed, with the max embedding difference.
 """
@@ -25,7 +25,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and pixels of both")
     args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
 
     from open_clip.model import CLIP
 
@@ -41,10 +43,10 @@ def main() -> None:
     ours["eager"] = build_model(state, spec)
     ours["eager"].set_attn_implementation("eager")
     device = torch.device(args.device)
-    reference.to(device)
+    reference.to(device, dtype)
     for model in ours.values():
-        model.to(device)
-    pixels = torch.randn(args.batch, 3, spec.image_size, spec.image_size, device=device)
+        model.to(device, dtype)
+    pixels = torch.randn(args.batch, 3, spec.image_size, spec.image_size, device=device, dtype=dtype)
 
     def run_open_clip() -> torch.Tensor:
         return reference.encode_image(pixels)
@@ -68,7 +70,7 @@ def main() -> None:
 
     base = F.normalize(outputs["open_clip"].float(), dim=-1)
     baseline_rate = args.batch / statistics.median(timings["open_clip"])
-    print(f"arch {spec.name}, batch {args.batch}, threads {args.threads}, device {device}, fp32, "
+    print(f"arch {spec.name}, batch {args.batch}, threads {args.threads}, device {device}, {args.dtype}, "
           f"{args.reps} interleaved reps (median)")
     print(f"{'model':<16} {'images/s':>10} {'ratio':>7} {'max |diff|':>11}")
     for name in candidates:

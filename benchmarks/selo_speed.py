@@ -66,8 +66,10 @@ def b32_model() -> GeoRSCLIPModel:
     return GeoRSCLIPModel(clip_config_from_arch(get_arch_config("ViT-B-32-quickgelu"))).eval()
 
 
-def selo_speed(scene_size: int, model_kind: str, batch_size: int) -> None:
+def selo_speed(scene_size: int, model_kind: str, batch_size: int, device: str = "cpu") -> None:
     model = b32_model() if model_kind == "b32" else tiny_clip(image_size=224, patch_size=32)
+    model.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     processor = GeoRSCLIPProcessor.default(image_size=224)
     with tempfile.TemporaryDirectory() as tmp:
         scene_path = Path(tmp) / "scene.jpg"
@@ -77,20 +79,25 @@ def selo_speed(scene_size: int, model_kind: str, batch_size: int) -> None:
                                               [[[100, 100], [900, 100], [900, 700], [100, 700]]])])
         windows = selo_windows(scene_size, scene_size)
         print(f"SeLo: {scene_size}x{scene_size} scene, {len(windows)} windows, model {model_kind}, "
-              f"{torch.get_num_threads()} threads")
+              f"{torch.get_num_threads()} threads, device {device}")
         with torch.no_grad():  # warm-up (allocator, oneDNN kernels) so neither timing pays it
-            model.get_image_features(pixel_values=torch.zeros(batch_size, 3, 224, 224))
+            model.get_image_features(pixel_values=torch.zeros(batch_size, 3, 224, 224, device=device))
+        sync()
         start = time.perf_counter()
         result = evaluate_selo(model, processor, dataset, mode="paper", batch_size=batch_size)
+        sync()
         pipeline = time.perf_counter() - start
 
         scene = read_scene(scene_path, "paper")
         pixels = torch.cat([processor(images=window_crops(scene, windows[s : s + batch_size], "paper"),
                                       return_tensors="pt")["pixel_values"] for s in range(0, len(windows), batch_size)])
+        pixels = pixels.to(device)
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
             for s in range(0, len(pixels), batch_size):
                 model.get_image_features(pixel_values=pixels[s : s + batch_size])
+        sync()
         forward = time.perf_counter() - start
     print(f"  whole pipeline {pipeline:.1f} s, forward alone {forward:.1f} s -> ratio {pipeline / forward:.3f} "
           f"(goal <= 1.25); Rmi {result['Rmi']:.4f}")
@@ -106,12 +113,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="embedding size for the retrieval memory run")
     parser.add_argument("--skip-retrieval", action="store_true")
     parser.add_argument("--skip-selo", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cuda for the GPU check)")
     args = parser.parse_args()
     np.random.seed(0)
     if not args.skip_retrieval:
         retrieval_memory(args.images, args.captions, args.dim)
     if not args.skip_selo:
-        selo_speed(args.scene, args.model, args.batch_size)
+        selo_speed(args.scene, args.model, args.batch_size, args.device)
 
 
 if __name__ == "__main__":

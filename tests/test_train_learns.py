@@ -54,7 +54,7 @@ def test_tiny_model_learns_retrieval(tmp_path):
     val_csv = make_split(tmp_path / "val", per_class=1, seed=1)  # 12 unseen scenes, one per caption
     val = {"path": str(val_csv)}
     processor = GeoRSCLIPProcessor.default(image_size=32)
-    before = ValidationSet(val, processor, 100).evaluate(tiny_clip(seed=0), "cpu")
+    before = ValidationSet(val, processor, 100).evaluate(tiny_clip(seed=0))
 
     cfg = TrainConfig.load(resolve_config("tiny_cpu"), [
         "--output_dir", str(tmp_path / "run"), "--data", f"[{train_csv}]", "--val_data", str(val_csv),
@@ -64,7 +64,7 @@ def test_tiny_model_learns_retrieval(tmp_path):
 
     from modeling_georsclip.modeling import GeoRSCLIPModel
 
-    after = ValidationSet(val, processor, 100).evaluate(GeoRSCLIPModel.from_pretrained(final), "cpu")
+    after = ValidationSet(val, processor, 100).evaluate(GeoRSCLIPModel.from_pretrained(final))
     chance_r1 = 100 / 12
     assert after["t2i_R@1"] >= 3 * chance_r1, after  # chance is 8.3 %
     assert after["i2t_R@1"] >= 3 * chance_r1, after

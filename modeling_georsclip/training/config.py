@@ -84,6 +84,8 @@ class TrainConfig:
     push_to_hub: str | None = None
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
         self._coerce_numbers()
         checks = {
             "mixed_precision": (self.mixed_precision, {"no", "bf16", "fp16"}),

@@ -76,3 +76,8 @@ def load_peft_logit_scale(model: CLIPModel, adapter_dir: str | os.PathLike) -> N
 def merged_clip(peft_model) -> CLIPModel:
     """A plain CLIP model with the adapter merged into the weights (the peft model is consumed)."""
     return peft_model.merge_and_unload()
+
+
+def clip_core(model) -> CLIPModel:
+    """The CLIPModel inside a (possibly PEFT-wrapped) model: its methods run the adapter layers too."""
+    return model.base_model.model if hasattr(model, "peft_config") else model

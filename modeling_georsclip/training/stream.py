@@ -532,6 +532,14 @@ def build_train_dataset(
     )
 
 
+def source_rows(source: str | dict | SourceSpec) -> Iterator[dict]:
+    """The raw rows (``image`` undecoded, ``caption`` bytes) of one source in a fixed order: for validation sets."""
+    spec = SourceSpec.from_any(source)
+    resolved = _resolve_csv(spec) if spec.resolved_kind() == "csv" else _resolve_files(spec)
+    stream = StreamingPairs([resolved], tokenizer=None, image_transform=None, batch_size=1, shuffle_buffer=1)
+    return iter(stream._epoch_dataset(0))
+
+
 # ---------------------------------------------------------------------------------------------- loader
 class TrainLoader:
     """A ``StatefulDataLoader`` over ``StreamingPairs`` that yields only real batches and tallies skips.
