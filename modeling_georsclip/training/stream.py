@@ -189,6 +189,11 @@ def _resolve_files(spec: SourceSpec) -> _ResolvedSource:
     return _ResolvedSource(spec=spec, kind="files", builder=builder.name, files=files, num_rows=num_rows)
 
 
+def resolve_source(spec: SourceSpec) -> _ResolvedSource:
+    """One resolver for every source kind (CSV + folder, parquet/webdataset files, Hub ids, release tars)."""
+    return _resolve_csv(spec) if spec.resolved_kind() == "csv" else _resolve_files(spec)
+
+
 def _resolve_csv(spec: SourceSpec) -> _ResolvedSource:
     path = Path(spec.path)
     if not path.is_file():
@@ -502,7 +507,7 @@ def build_train_dataset(
     specs = [SourceSpec.from_any(s) for s in sources]
     if not specs:
         raise DataError("no training data sources given")
-    resolved = [_resolve_csv(s) if s.resolved_kind() == "csv" else _resolve_files(s) for s in specs]
+    resolved = [resolve_source(s) for s in specs]
     for source in resolved:
         if source.num_rows == 0:
             raise DataError(f"data source {source.spec.path} (split {source.spec.split}) is empty")
@@ -534,8 +539,7 @@ def build_train_dataset(
 
 def source_rows(source: str | dict | SourceSpec) -> Iterator[dict]:
     """The raw rows (``image`` undecoded, ``caption`` bytes) of one source in a fixed order: for validation sets."""
-    spec = SourceSpec.from_any(source)
-    resolved = _resolve_csv(spec) if spec.resolved_kind() == "csv" else _resolve_files(spec)
+    resolved = resolve_source(SourceSpec.from_any(source))
     stream = StreamingPairs([resolved], tokenizer=None, image_transform=None, batch_size=1, shuffle_buffer=1)
     return iter(stream._epoch_dataset(0))
 
