@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.filters import dhash
-from ..imaging import load_image
+from ..imaging import ImageDecodeError, load_image
 from ..log import get_logger
 
 logger = get_logger(__name__)
@@ -279,8 +279,8 @@ def decode_images(paths: Sequence[Path | bytes]) -> tuple[list[Image.Image], lis
         try:
             images.append(load_image(path))
             kept.append(index)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            errors.append(str(err))
+        except ImageDecodeError as err:  # kind names as in the builder and training stream reports
+            errors.append(f"{err.kind}: {err}")
     for message in errors:
         logger.warning("skipped unreadable image: %s", message)
     return images, kept, errors
@@ -323,7 +323,7 @@ def shared_images(
         for path in paths:
             try:
                 out[Path(path)] = {"bytes": file_digest, "pixels": pixel_digest, "dhash": difference_hash}[method](path)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+            except OSError as err:  # ImageDecodeError, or a file that cannot be read for its digest
                 logger.warning("cannot fingerprint %s: %s", path, err)
         return out
 
