@@ -129,6 +129,16 @@ def read_bytes(source, name: str | None = None) -> bytes:
     return source.read()
 
 
+def _tiff_directory_missing(data: bytes) -> bool:
+    """True when a TIFF's first directory lies past the end of ``data`` (a file cut short before it)."""
+    order = "<" if data[:2] == b"II" else ">"
+    if data[2:4] in (b"*\x00", b"\x00*"):  # classic TIFF: 4-byte offset at byte 4
+        offset = int.from_bytes(data[4:8], "little" if order == "<" else "big")
+    else:  # BigTIFF: 8-byte offset at byte 8
+        offset = int.from_bytes(data[8:16], "little" if order == "<" else "big")
+    return len(data) < 16 or offset >= len(data)
+
+
 def _decode_raster(data: bytes, name: str, limit: int | None, bands, preset) -> Image.Image:
     try:
         with raster.open_scene(data, bands=bands, preset=preset) as scene:
@@ -138,7 +148,9 @@ def _decode_raster(data: bytes, name: str, limit: int | None, bands, preset) -> 
             return Image.fromarray(scene.read_rgb())
     except raster.RasterError as err:
         if err.__cause__ is not None:  # rasterio could not open or read the data: a corrupt sample
-            raise ImageDecodeError(_kind_of(err), name, str(err)) from err
+            detail = raster._gdal_message(err.__cause__)
+            kind = "truncated" if _tiff_directory_missing(data) else _kind_of(OSError(detail))
+            raise ImageDecodeError(kind, name, detail) from err
         raise  # a bad preset or band index is the caller's mistake, not a corrupt sample
 
 

@@ -6,25 +6,29 @@ and from overviews, but no library turns them into a true-colour 8-bit image, so
 last step with documented radiometric presets:
 
 - ``sentinel2-l2a``: Copernicus Sentinel-2 Level-2A surface reflectance, processing baseline >= 04.00
-  (every product since 25 January 2022 and the reprocessed archive): reflectance = (DN + BOA_ADD_OFFSET) /
-  BOA_QUANTIFICATION_VALUE with BOA_ADD_OFFSET = -1000 and QUANTIFICATION_VALUE = 10,000 (ESA, "Sentinel-2
-  L2A products: new processing baseline 04.00", and the product's MTD_MSIL2A.xml). With 12 or 13 bands the
-  default bands are B4, B3, B2 = ``(4, 3, 2)`` in the standard band order (B1, B2, B3, B4, ...).
-- ``sentinel2-l2a-legacy``: the same for baselines < 04.00 (no offset: reflectance = DN / 10,000).
+  (every product since 25 January 2022 and the Collection-1 reprocessing): reflectance =
+  (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE with BOA_ADD_OFFSET = -1000 and 10,000 (ESA,
+  https://sentinels.copernicus.eu/web/sentinel/-/copernicus-sentinel-2-major-products-upgrade-upcoming;
+  the values are in each product's MTD_MSIL2A.xml). With 12 or 13 bands the default bands are B4, B3, B2
+  = ``(4, 3, 2)`` in the standard band order (B1, B2, B3, B4, B5, ...; L2A has no B10).
+- ``sentinel2-l2a-legacy``: baselines < 04.00 and "harmonised" data (Sentinel Hub's default
+  ``harmonizeValues``, Earth Engine's ``S2_SR_HARMONIZED``), which carry no offset: reflectance = DN / 10,000.
 - ``landsat-c2l2``: USGS Landsat Collection 2 Level-2 surface reflectance, reflectance = DN * 2.75e-5 - 0.2
-  (USGS, "Landsat Collection 2 Level-2 Science Products", scale factors table). For a Landsat 8/9 SR stack
-  (SR_B1..SR_B7) pass ``bands=(4, 3, 2)``; Landsat 4-7 is ``(3, 2, 1)``.
-- Both reflectance presets then apply the same true-colour stretch: reflectance 0..0.3 -> 0..255, clipped.
-  Why 0.3: ESA's own true-colour image (TCI) saturates at 0.2 for L2A, which clips bright cities, sand and
-  snow to white; Sentinel Hub's default true-colour script (gain 2.5) saturates at 0.4, which leaves
-  vegetation and water dark. 0.3 keeps both readable, close to the look of the RGB aerial/Google-Earth
-  imagery the published models were trained on (RS5M).
-- ``naip``: USDA NAIP, 4-band uint8 R, G, B, NIR: the first three bands as they are.
+  (USGS, https://www.usgs.gov/faqs/how-do-i-use-a-scale-factor-landsat-level-2-science-products). For a
+  Landsat 8/9 stack (SR_B1..SR_B7) pass ``bands=(4, 3, 2)``; Landsat 4-7 is ``(3, 2, 1)``.
+- Both reflectance presets then apply one true-colour stretch: reflectance 0..0.3 -> 0..255, clipped.
+  Why 0.3: ESA's own true-colour image (TCI, coded 1..255) saturates at reflectance 0.2 for L2A
+  (https://sentinels.copernicus.eu/web/sentinel/user-guides/sentinel-2-msi/definitions), which turns
+  bright roofs, sand and snow white; Sentinel Hub's default true-colour script (gain 2.5,
+  https://github.com/sentinel-hub/custom-scripts/blob/master/sentinel-2/true_color/script.js) saturates
+  at 0.4 and leaves fields and water dark. 0.3 keeps both readable, closer to the aerial RGB imagery the
+  published models were trained on (RS5M). Use ``linear:0,2000`` (DN) for exactly the TCI's look.
+- ``naip``: USDA NAIP, 4-band uint8 red, green, blue, near-infrared: the first three bands as they are.
 - ``uint8``: 8-bit data as it is (the default for uint8 rasters).
 - ``percentile``: per band, the 2nd..98th percentile of the scene's valid pixels -> 0..255, clipped
   (the default for every other dtype). The percentiles are computed ONCE per scene from a decimated read
   (an overview where the file has one), so every window of a scene gets the same stretch.
-- ``linear:LO,HI``: values LO..HI -> 0..255, clipped (same for every band).
+- ``linear:LO,HI``: values LO..HI -> 0..255, clipped (the same for every band, raw values, no scale).
 
 Nodata (the nodata value, internal masks, alpha bands, NaN) is left out of every statistic and drawn black.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,6 +171,18 @@ def to_uint8_rgb(array: Array, preset: str | Preset | None = None, nodata_mask: 
     return np.ascontiguousarray(scaled.transpose(1, 2, 0))
 
 
+def _gdal_message(err: BaseException) -> str:
+    """GDAL's own message (rasterio chains it as the cause of "Read failed. See previous exception"),
+    without the temporary /vsimem/ name rasterio gives in-memory files."""
+    messages = []
+    while err is not None and len(messages) < 5:
+        if "see previous exception" not in str(err).lower() and str(err) not in messages:
+            messages.append(str(err))
+        err = err.__cause__
+    text = "; ".join(messages) or "read failed"
+    return re.sub(r"(/vsimem/\S*|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.\w+)[:,]\s*", "", text)
+
+
 def _require_rasterio() -> None:
     if rasterio is None:  # pragma: no cover
         raise RasterError(f"reading rasters needs rasterio: pip install rasterio ({_IMPORT_ERROR})")
@@ -193,7 +210,7 @@ class RasterScene:
                 else:
                     self._ds = rasterio.open(path)
         except (RasterioIOError, OSError) as err:
-            raise RasterError(f"cannot read raster {self.path}: {err}") from err
+            raise RasterError(f"cannot read raster {self.path}: {_gdal_message(err)}") from err
         ds = self._ds
         self.width, self.height, self.count = ds.width, ds.height, ds.count
         self.dtype = np.dtype(ds.dtypes[0])
@@ -259,7 +276,7 @@ class RasterScene:
                                  fill_value=0, **kwargs)
             masks = self._ds.read_masks(unique, out_shape=(len(unique), *shape), **kwargs)
         except (RasterioIOError, OSError, ValueError) as err:
-            raise RasterError(f"cannot read window {window} of raster {self.path}: {err}") from err
+            raise RasterError(f"cannot read window {window} of raster {self.path}: {_gdal_message(err)}") from err
         data = data[[unique.index(b) for b in self.bands]]
         valid = (masks > 0).any(axis=0)  # GDAL's dataset-mask rule: a pixel is nodata when every band is
         if data.dtype.kind == "f":
