@@ -272,3 +272,18 @@ def test_raster_over_the_pixel_limit_is_a_decompression_bomb(tmp_path):
     with pytest.raises(ImageDecodeError) as err:
         load_image(path, max_pixels=1000)
     assert err.value.kind == "decompression_bomb"
+
+
+def test_builder_stream_and_evaluation_decode_a_raster_to_the_same_pixels(tmp_path):
+    from modeling_georsclip.evaluation.datasets import decode_images
+    from modeling_georsclip.training.stream import decode_pair
+
+    data = np.random.default_rng(1).integers(0, 4000, size=(6, 24, 24), dtype=np.uint16)
+    path = write(tmp_path / "six.tif", data)
+    reference = np.asarray(read_image(path))
+    streamed, caption, kind = decode_pair({"path": None, "bytes": path.read_bytes()}, b"fields", None)
+    assert kind is None and caption == "fields"
+    evaluated, kept, errors = decode_images([path])
+    assert kept == [0] and errors == []
+    assert np.array_equal(np.asarray(streamed), reference) and np.array_equal(np.asarray(evaluated[0]), reference)
+    assert decode_pair({"path": str(tmp_path / "nope.tif"), "bytes": None}, "x", None)[2] == "missing_file"
