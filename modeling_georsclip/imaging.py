@@ -91,11 +91,15 @@ def to_rgb(image: Image.Image, bands: Sequence[int] | None = None, preset: str |
 
 
 def _array_image(array: np.ndarray, bands, preset) -> Image.Image:
-    """An array: (bands, H, W) in rasterio's order, except an HxWx3/4 uint8 picture (``np.asarray(pil)``)."""
-    picture = array.ndim == 3 and array.dtype == np.uint8 and array.shape[-1] in (3, 4) and array.shape[0] > 4
-    if picture and bands is None and preset is None:
+    """An array in rasterio's (bands, H, W) order, or an HxWx(1..4) picture as ``np.asarray(pil)`` gives.
+
+    The layout is told apart by shape: a last axis of at most 4 after a first axis longer than 4 is
+    channels-last. An HxWx3/4 uint8 picture without ``bands``/``preset`` is used as it is.
+    """
+    channels_last = array.ndim == 3 and array.shape[-1] <= 4 < array.shape[0]
+    if channels_last and array.dtype == np.uint8 and array.shape[-1] in (3, 4) and bands is None and preset is None:
         return Image.fromarray(np.ascontiguousarray(array[..., :3]))
-    if picture:
+    if channels_last:
         array = array.transpose(2, 0, 1)
     return Image.fromarray(raster.array_to_rgb(array, bands, preset))
 

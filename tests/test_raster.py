@@ -216,15 +216,16 @@ def test_small_out_size_reads_the_cog_overview(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ arrays
 def test_to_uint8_rgb_and_processor_arrays():
-    data = np.zeros((12, 2, 2), dtype=np.uint16)
+    data = np.zeros((12, 8, 8), dtype=np.uint16)
     data[3], data[2], data[1] = 2200, 1600, 1150
-    expected = np.array([[[102, 51, 13]] * 2] * 2, dtype=np.uint8)
+    expected = np.array([[[102, 51, 13]] * 8] * 8, dtype=np.uint8)
     assert np.array_equal(to_uint8_rgb(data[[3, 2, 1]], "sentinel2-l2a"), expected)
     processor = GeoRSCLIPProcessor.default(image_size=32)
     ours = processor(images=[data], preset="sentinel2-l2a", bands=(4, 3, 2), return_tensors="np")
     reference = processor(images=[Image.fromarray(expected)], return_tensors="np")
     assert np.array_equal(ours["pixel_values"], reference["pixel_values"])
-    mask = np.array([[True, False], [False, False]])
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[0, 0] = True
     assert to_uint8_rgb(data[[3, 2, 1]], "sentinel2-l2a", nodata_mask=mask)[0, 0].tolist() == [0, 0, 0]
 
 
@@ -287,3 +288,13 @@ def test_builder_stream_and_evaluation_decode_a_raster_to_the_same_pixels(tmp_pa
     assert kept == [0] and errors == []
     assert np.array_equal(np.asarray(streamed), reference) and np.array_equal(np.asarray(evaluated[0]), reference)
     assert decode_pair({"path": str(tmp_path / "nope.tif"), "bytes": None}, "x", None)[2] == "missing_file"
+
+
+def test_array_layouts():
+    picture = np.random.default_rng(2).integers(0, 256, size=(10, 12, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(load_image(picture)), picture)  # np.asarray(pil) layout, as is
+    assert np.array_equal(np.asarray(load_image(picture.transpose(2, 0, 1).copy())), picture)  # (bands, H, W)
+    reflectance = np.full((10, 12, 3), 0.2, dtype=np.float32)  # channels last, float
+    assert (np.asarray(load_image(reflectance, preset="linear:0,0.3")) == 170).all()  # 0.2 / 0.3 * 255
+    grey = np.array([[0, 1000], [2000, 3000]], dtype=np.uint16)
+    assert np.asarray(load_image(grey, preset="linear:0,3000"))[..., 2].tolist() == [[0, 85], [170, 255]]
