@@ -118,8 +118,8 @@ def scaled_transform(transform: Affine, factor: float, shape: tuple[int, int] | 
                      out_shape: tuple[int, int] | None = None) -> Affine:
     """Geotransform of a map ``factor`` times coarser (or, with shapes, exactly covering the same bounds)."""
     if shape is not None and out_shape is not None:
-        return transform * Affine.scale(shape[1] / out_shape[1], shape[0] / out_shape[0])
-    return transform * Affine.scale(factor)
+        return transform @ Affine.scale(shape[1] / out_shape[1], shape[0] / out_shape[0])
+    return transform @ Affine.scale(factor)
 
 
 def geotiff_profile(width: int, height: int, dtype: str, crs: CRS | None, transform: Affine, **extra) -> dict:
@@ -173,7 +173,7 @@ def affine_geometry(geometry: dict, transform: Affine) -> dict:
     """``geometry`` (pixel coordinates, as rasterio.features.shapes gives them) mapped through ``transform``."""
 
     def ring(points):
-        return [list(transform * (float(x), float(y))) for x, y in points]
+        return [list(transform @ (float(x), float(y))) for x, y in points]
 
     if geometry["type"] == "Polygon":
         return {"type": "Polygon", "coordinates": [ring(r) for r in geometry["coordinates"]]}

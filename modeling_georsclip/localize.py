@@ -229,7 +229,7 @@ def write_query_outputs(
     out_crs = geojson_crs or heat.crs
     features = []
     for geometry, properties in regions:
-        placed = affine_geometry(geometry, heat.transform * to_scene)
+        placed = affine_geometry(geometry, heat.transform @ to_scene)
         if geojson_crs is not None and heat.crs is not None and geojson_crs != heat.crs:
             placed = reproject_geometry(placed, heat.crs, geojson_crs)
         properties = {**properties, "pixels": int(round(properties["pixels"] * to_scene.a * to_scene.e))}
