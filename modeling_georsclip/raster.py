@@ -47,7 +47,7 @@ from PIL import Image
 
 try:  # rasterio is a core dependency; the guard turns a broken install into one clear line
     import rasterio
-    from rasterio.enums import ColorInterp, Resampling
+    from rasterio.enums import ColorInterp, MaskFlags, Resampling
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
     from rasterio.io import MemoryFile
     from rasterio.windows import Window
@@ -219,6 +219,7 @@ class RasterScene:
         self.preset = self._preset_arg or default_preset(self.dtype)
         self.bands = self._pick_bands(bands)
         self._colormap = self._palette()
+        self._all_valid = all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums)
         self._stats: Array | None = None
 
     # ------------------------------------------------------------------ setup
@@ -265,23 +266,35 @@ class RasterScene:
         inside = col >= 0 and row >= 0 and col + width <= self.width and row + height <= self.height
         return Window(col, row, width, height), not inside
 
-    def _read(self, window: Window4 | None, out_size: tuple[int, int] | None) -> tuple[Array, Array]:
+    def _read(self, window: Window4 | None, out_size: tuple[int, int] | None,
+              data_too: bool = True) -> tuple[Array | None, Array]:
         """Raw bands (len(bands), H, W) and the valid mask (H, W) of ``window`` at ``out_size`` (w, h)."""
         win, boundless = self._window(window)
         shape = (int(out_size[1]), int(out_size[0])) if out_size else (int(win.height), int(win.width))
         unique = tuple(dict.fromkeys(self.bands))
         kwargs = dict(window=win, boundless=boundless)
+        data = None
         try:
-            data = self._ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.average,
-                                 fill_value=0, **kwargs)
-            masks = self._ds.read_masks(unique, out_shape=(len(unique), *shape), **kwargs)
+            if data_too or self.dtype.kind == "f":
+                data = self._ds.read(unique, out_shape=(len(unique), *shape), resampling=Resampling.average,
+                                     fill_value=0, **kwargs)
+                data = data[[unique.index(b) for b in self.bands]]
+            if self._all_valid:  # no nodata, mask or alpha: skip GDAL's mask read (half the I/O)
+                valid = self._inside(win, shape)
+            else:
+                masks = self._ds.read_masks(unique, out_shape=(len(unique), *shape), **kwargs)
+                valid = (masks > 0).any(axis=0)  # GDAL's dataset-mask rule: nodata when every band is
         except (RasterioIOError, OSError, ValueError) as err:
             raise RasterError(f"cannot read window {window} of raster {self.path}: {_gdal_message(err)}") from err
-        data = data[[unique.index(b) for b in self.bands]]
-        valid = (masks > 0).any(axis=0)  # GDAL's dataset-mask rule: a pixel is nodata when every band is
-        if data.dtype.kind == "f":
+        if data is not None and data.dtype.kind == "f":
             valid &= np.isfinite(data).all(axis=0)
         return data, valid
+
+    def _inside(self, win: Window, shape: tuple[int, int]) -> Array:
+        """Which output pixels (centres) of ``win`` resampled to ``shape`` fall inside the raster."""
+        rows = win.row_off + (np.arange(shape[0]) + 0.5) * win.height / shape[0]
+        cols = win.col_off + (np.arange(shape[1]) + 0.5) * win.width / shape[1]
+        return ((rows >= 0) & (rows < self.height))[:, None] & ((cols >= 0) & (cols < self.width))[None, :]
 
     def stats(self) -> Array | None:
         """Per-band percentile (low, high) of the whole scene, computed once from a decimated read."""
@@ -309,7 +322,7 @@ class RasterScene:
 
     def valid_mask(self, window: Window4 | None = None, out_size: tuple[int, int] | None = None) -> Array:
         """HxW bool, True where the pixel holds data (not nodata, not masked, not outside the raster)."""
-        return self._read(window, out_size)[1]
+        return self._read(window, out_size, data_too=False)[1]
 
     def close(self) -> None:
         self._ds.close()

@@ -187,12 +187,15 @@ def test_windows_share_one_stretch_computed_once(tmp_path, monkeypatch):
     assert left.max() < 64 and right.min() > 190  # the left strip is dark, the right bright: one stretch
 
 
-def test_window_outside_the_raster_is_black_and_invalid(tmp_path):
-    path = write(tmp_path / "w.tif", np.full((3, 8, 8), 50, dtype=np.uint8))
+@pytest.mark.parametrize("nodata", [None, 0], ids=["no-mask", "nodata-mask"])
+def test_window_outside_the_raster_is_black_and_invalid(tmp_path, nodata):
+    path = write(tmp_path / "w.tif", np.full((3, 8, 8), 50, dtype=np.uint8), nodata=nodata)
     with open_scene(path) as scene:
         rgb, valid = scene.read_rgb((4, 4, 8, 8)), scene.valid_mask((4, 4, 8, 8))
     assert (rgb[:4, :4] == 50).all() and (rgb[4:] == 0).all() and (rgb[:, 4:] == 0).all()
     assert valid[:4, :4].all() and not valid[4:].any() and not valid[:, 4:].any()
+    with open_scene(path) as scene:  # resampled: output pixel centres decide
+        assert scene.valid_mask((-8, 0, 16, 8), out_size=(4, 2)).tolist() == [[False, False, True, True]] * 2
 
 
 def test_small_out_size_reads_the_cog_overview(tmp_path):
