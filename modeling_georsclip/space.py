@@ -83,7 +83,8 @@ A demo of the remote-sensing CLIP model `{reference}` (a plain transformers `CLI
 GeoRSCLIP's `modeling_georsclip.demo`:
 
 - **Classify**: an image and comma-separated labels → probabilities (RS prompt-template ensemble, `paper` head).
-- **Localize**: a scene (PNG, JPEG or GeoTIFF) and a text query → heat-map overlay.
+- **Localize**: a scene (PNG, JPEG or GeoTIFF) and a text query → heat-map overlay, plus the probability map as
+  GeoTIFF and the top regions as GeoJSON (in the scene's CRS when it has one).
 - **Search**: a text query → the closest images of the gallery, with scores.
 
 The model is the front-matter key `{MODEL_KEY}` (a Hub id, or a folder relative to this Space); the Space variable
@@ -106,7 +107,7 @@ client.predict("a harbor with many boats", 6, api_name="/search")
 def _where(reference: str) -> str:
     if is_hub_id(reference):
         return ""
-    return (f"\n`{reference}` is a local folder: put the converted model there (relative to this Space) before "
+    return (f"\n\n`{reference}` is a local folder: put the converted model there (relative to this Space) before "
             "running or pushing it, or point the Space at a Hub id.")
 
 
