@@ -22,7 +22,7 @@ last step with documented radiometric presets:
   bright roofs, sand and snow white; Sentinel Hub's default true-colour script (gain 2.5,
   https://github.com/sentinel-hub/custom-scripts/blob/master/sentinel-2/true_color/script.js) saturates
   at 0.4 and leaves fields and water dark. 0.3 keeps both readable, closer to the aerial RGB imagery the
-  published models were trained on (RS5M). Use ``linear:0,2000`` (DN) for exactly the TCI's look.
+  published models were trained on (RS5M). ``linear:1000,3000`` on baseline >= 04.00 DNs (``linear:0,2000`` before) approximates the TCI's look.
 - ``naip``: USDA NAIP, 4-band uint8 red, green, blue, near-infrared: the first three bands as they are.
 - ``uint8``: 8-bit data as it is (the default for uint8 rasters).
 - ``percentile``: per band, the 2nd..98th percentile of the scene's valid pixels -> 0..255, clipped
