@@ -51,9 +51,13 @@ class ImageDecodeError(OSError):
     """An image that cannot be decoded; ``kind`` is one of :data:`DECODE_KINDS`, the message names the file."""
 
     def __init__(self, kind: str, name: str, detail: str):
-        assert kind in DECODE_KINDS, kind
+        if kind not in DECODE_KINDS:
+            raise ValueError(f"unknown decode kind {kind!r}; known: {', '.join(DECODE_KINDS)}")
         super().__init__(f"cannot read image {name}: {detail}")
-        self.kind, self.name = kind, name
+        self.kind, self.name, self.detail = kind, name, detail
+
+    def __reduce__(self):  # picklable across worker processes (OSError would re-create it from the message)
+        return type(self), (self.kind, self.name, self.detail)
 
 
 def to_rgb(image: Image.Image, bands: Sequence[int] | None = None, preset: str | None = None) -> Image.Image:
