@@ -315,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         geojson_crs = parse_crs(args.geojson_crs) if args.geojson_crs else None
         with as_scene(args.scene, bands, args.preset) as scene:
             check_reprojectable(scene, geojson_crs)
-            selo_windows(scene.height, scene.width, window_sizes)  # too small a scene fails before the model loads
+            if min(window_sizes) > min(scene.height, scene.width):  # fail before the model loads
+                raise ValueError(f"--window-sizes {args.window_sizes}: scene {args.scene} is only "
+                                 f"{scene.width}x{scene.height} pixels, smaller than every window")
             model, processor = load_model(args.model, precision=args.precision)
             summary = localize_to_folder(model, processor, scene, args.query, args.output, window_sizes,
                                          args.map_scale, geojson_crs, args.threshold, args.top_k, args.overlay_size,
