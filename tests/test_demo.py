@@ -118,8 +118,16 @@ def test_classify_is_the_paper_ensemble_and_label_order_does_not_matter(tiny, ti
     expected = reference_probabilities(tiny_dir, processor, AIRPORT, LABELS)
     assert list(probs) == LABELS
     assert [probs[label] for label in LABELS] == pytest.approx(expected, abs=1e-5)
-    swapped = backend.classify(str(AIRPORT), "forest, airport, farmland")  # another cached head, same numbers
-    assert {k: pytest.approx(v, abs=1e-6) for k, v in swapped.items()} == probs
+    embedded = []
+    original = model.zero_shot_head
+    model.zero_shot_head = lambda labels, *a, **kw: embedded.append(list(labels)) or original(labels, *a, **kw)
+    try:
+        swapped = backend.classify(str(AIRPORT), "forest, airport, farmland")  # cached columns, same numbers
+        assert {k: pytest.approx(v, abs=1e-6) for k, v in swapped.items()} == probs and embedded == []
+        backend.classify(str(AIRPORT), "forest, harbor, airport")
+        assert embedded == [["harbor"]]  # only the new label is embedded
+    finally:
+        model.zero_shot_head = original
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
     with pytest.raises(demo.DemoInputError, match=r"^notes.txt is not an image this demo can read \(.+\)\.$"):
