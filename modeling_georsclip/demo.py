@@ -311,7 +311,7 @@ def build_app(model, processor, gallery: str | os.PathLike | None = None, *,
                 s_query = gr.Textbox(label="Query", value="an airport with airplanes", elem_id="search-query", scale=4)
                 s_k = gr.Slider(1, 24, value=6, step=1, label="Top k", elem_id="search-k", scale=1)
                 s_button = gr.Button("Search", variant="primary", elem_id="search-button", scale=1)
-            s_gallery = gr.Gallery(label=f"Gallery: {backend.gallery_dir.name}/", columns=6, height="auto",
+            s_gallery = gr.Gallery(label=f"Gallery: {backend.gallery_dir.name}/", columns=6, height=340,
                                    elem_id="search-gallery")
             s_table = gr.Dataframe(headers=["rank", "file", "score"], label="Scores", elem_id="search-table")
             s_button.click(guarded(do_search), [s_query, s_k], [s_gallery, s_table], api_name="search")
