@@ -45,11 +45,12 @@ from .geo import (
     SceneSource,
     affine_geometry,
     as_scene,
+    bounded_gdal_cache,
     embed_scene_windows,
     geojson_document,
     geotiff_profile,
     parse_int_list,
-    preview_factor,
+    read_preview,
     scaled_transform,
     staged_output,
 )
@@ -163,7 +164,7 @@ def classify_scene(
         raise ValueError(f"--tile {tile}: must be a positive number of pixels")
     labels = parse_labels(labels)
     head = model.zero_shot_head(labels, list(templates), processor, mode="paper")
-    with as_scene(scene, bands, preset) as opened:
+    with as_scene(scene, bands, preset) as opened, bounded_gdal_cache():
         windows = tile_windows(opened.height, opened.width, tile)
         classified = valid_fractions(opened, tile) >= max(min_valid, 1e-9)
         embeds = embed_scene_windows(model, processor, opened, windows[classified], min(tile, CROP_SIZE),
@@ -270,9 +271,8 @@ def classify_to_folder(
     result = classify_scene(model, processor, scene, labels, tile, min_valid=min_valid, batch_size=batch_size,
                             progress=progress)
     features = tile_features(result)
-    factor = preview_factor(result.shape, PREVIEW_SIDE)
-    preview = scene.read_rgb(out_size=(-(-scene.width // factor), -(-scene.height // factor)))
-    with staged_output(output) as stage:
+    with bounded_gdal_cache(), staged_output(output) as stage:
+        preview = read_preview(scene, PREVIEW_SIDE)
         document = geojson_document(features, result.crs, labels=result.labels, tile=tile)
         (stage / "tiles.geojson").write_text(json.dumps(document) + "\n", encoding="utf-8")
         parquet = write_geoparquet(features, result.crs, stage / "tiles.parquet")

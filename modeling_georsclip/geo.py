@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import torch
 from PIL import Image
 from rasterio.crs import CRS
@@ -34,6 +35,16 @@ from .processing import GeoRSCLIPProcessor
 from .raster import RasterError, RasterScene, open_scene
 
 SceneSource = RasterScene | str | os.PathLike | bytes | np.ndarray | Image.Image
+# GDAL's block cache defaults to 5 % of the machine's RAM and holds every block read or written until full: on a
+# big scene that is hundreds of MB of RSS for no gain (windows are read in order, each block is reused by the
+# next few windows only). 64 MB keeps a column of 512 px blocks of a 20,000 px scene.
+GDAL_CACHE_BYTES = 64 * 2**20
+PREVIEW_CHUNK_ROWS = 256  # output rows per read of the scene preview (bounds the 8-bit conversion's buffers)
+
+
+def bounded_gdal_cache() -> rasterio.Env:
+    """A rasterio environment whose GDAL block cache is capped at GDAL_CACHE_BYTES (reads and writes)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 @contextlib.contextmanager
@@ -95,17 +106,33 @@ def embed_scene_windows(
     return torch.cat(chunks)
 
 
+def read_preview(scene: RasterScene, max_side: int) -> np.ndarray:
+    """The whole scene as RGB, ``preview_factor`` times smaller (ceil sizes), read in bands of rows so that a
+    big preview never converts the scene in one piece (GDAL takes the overviews)."""
+    factor = preview_factor((scene.height, scene.width), max_side)
+    width, height = -(-scene.width // factor), -(-scene.height // factor)
+    chunks = []
+    for out_row in range(0, height, PREVIEW_CHUNK_ROWS):
+        row = out_row * factor
+        rows = min(PREVIEW_CHUNK_ROWS * factor, scene.height - row)
+        out_rows = min(PREVIEW_CHUNK_ROWS, height - out_row)
+        chunks.append(scene.read_rgb((0, row, scene.width, rows), out_size=(width, out_rows)))
+    return np.concatenate(chunks)
+
+
 def block_mean(array: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor`` x ``factor`` blocks (float64, ceil(H/f) x ceil(W/f)); edge blocks average the
-    pixels they have. Integer sums use uint32/float64 so uint8 input never overflows."""
+    pixels they have. Zero padding plus a buffered uint32/float64 sum: no full-size wide copy of the input."""
     if factor == 1:
         return array.astype(np.float64)
     height, width = array.shape
-    rows, cols = np.arange(0, height, factor), np.arange(0, width, factor)
-    dtype = np.uint64 if array.dtype.kind in "ub" else np.float64
-    sums = np.add.reduceat(np.add.reduceat(array, rows, axis=0, dtype=dtype), cols, axis=1, dtype=dtype)
-    row_n = np.diff(np.append(rows, height))
-    col_n = np.diff(np.append(cols, width))
+    rows, cols = -(-height // factor), -(-width // factor)
+    padded = np.zeros((rows * factor, cols * factor), dtype=array.dtype)
+    padded[:height, :width] = array
+    dtype = np.uint32 if array.dtype.kind in "ub" and array.dtype.itemsize <= 2 else np.float64
+    sums = padded.reshape(rows, factor, cols, factor).sum(axis=(1, 3), dtype=dtype)
+    row_n = np.minimum(factor, height - np.arange(rows) * factor)
+    col_n = np.minimum(factor, width - np.arange(cols) * factor)
     return sums / np.outer(row_n, col_n)
 
 

@@ -58,12 +58,14 @@ from .geo import (
     affine_geometry,
     as_scene,
     block_mean,
+    bounded_gdal_cache,
     embed_scene_windows,
     geojson_document,
     geotiff_profile,
     parse_crs,
     parse_int_list,
     preview_factor,
+    read_preview,
     reproject_geometry,
     scaled_transform,
     slugify,
@@ -78,7 +80,7 @@ from .raster import RasterError, RasterScene
 logger = get_logger(__name__)
 
 HALO = MEDIAN_KERNEL // 2  # rows a strip needs above and below for an exact median blur
-STRIP_ROWS = 1024
+STRIP_PIXELS = 8_000_000  # pixels per strip (~90 MB of buffers): 800 rows of a 10,000 px wide scene
 THRESHOLD = 0.7
 TOP_K = 5
 OVERLAY_SIDE = 2048
@@ -104,7 +106,7 @@ class HeatMap:
     def shape(self) -> tuple[int, int]:
         return self.grid.shape
 
-    def gray_strips(self, strip_rows: int = STRIP_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    def gray_strips(self, strip_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(first_row, rows)`` of selo's blurred 8-bit map, each strip blurred with a ``HALO`` margin."""
         height = self.shape[0]
         levels = gray_levels(self.grid.cells)
@@ -119,7 +121,8 @@ class HeatMap:
 
     def probability(self, scale: int = 1) -> np.ndarray:
         """The float32 probability map (0..1), ``scale`` times coarser (block means) when scale > 1."""
-        return np.concatenate([_to_probability(strip, scale) for _, strip in self.gray_strips(_strip_rows(scale))])
+        rows = _strip_rows(self.shape[1], scale)
+        return np.concatenate([_to_probability(strip, scale) for _, strip in self.gray_strips(rows)])
 
     def profile(self, scale: int = 1) -> dict[str, Any]:
         """rasterio profile of ``probability(scale)``: float32, tiled, compressed, the scene's CRS."""
@@ -127,10 +130,10 @@ class HeatMap:
         return geotiff_profile(width, height, "float32", self.crs, scaled_transform(self.transform, scale))
 
 
-def _strip_rows(*factors: int) -> int:
-    """Strip height: a multiple of every block factor, near STRIP_ROWS."""
+def _strip_rows(width: int, *factors: int) -> int:
+    """Strip height: a multiple of every block factor, about STRIP_PIXELS / width (256..4096 rows)."""
     step = math.lcm(*factors)
-    return step * max(1, round(STRIP_ROWS / step))
+    return step * max(1, round(min(max(STRIP_PIXELS // max(width, 1), 256), 4096) / step))
 
 
 def _to_probability(gray: np.ndarray, scale: int) -> np.ndarray:
@@ -155,7 +158,7 @@ def localize_scene(
     """
     if not queries:
         raise ValueError("localize needs at least one query")
-    with as_scene(scene, bands, preset) as opened:
+    with as_scene(scene, bands, preset) as opened, bounded_gdal_cache():
         windows = selo_windows(opened.height, opened.width, window_sizes)
         crops = embed_scene_windows(model, processor, opened, windows, CROP_SIZE, batch_size, progress, "SeLo crops")
         texts = model.text_embeddings(list(queries), processor)
@@ -174,7 +177,7 @@ def write_heat_map(heat: HeatMap, path: Path, scale: int = 1, preview_side: int 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
-            for start, strip in heat.gray_strips(_strip_rows(scale, factor)):
+            for start, strip in heat.gray_strips(_strip_rows(heat.shape[1], scale, factor)):
                 data = _to_probability(strip, scale)
                 dst.write(data, 1, window=Window(0, start // scale, profile["width"], data.shape[0]))
                 preview.append(block_mean(strip, factor))
@@ -220,10 +223,14 @@ def write_query_outputs(
     threshold: float = THRESHOLD,
     top_k: int = TOP_K,
     tags: dict[str, str] | None = None,
+    overlay_side: int = OVERLAY_SIDE,
 ) -> dict[str, Any]:
-    """``stem``.tif, .geojson and .png for one query in ``folder``; returns a summary of what was written."""
+    """``stem``.tif, .geojson and .png for one query in ``folder``; returns a summary of what was written.
+
+    ``scene_preview`` is ``geo.read_preview(scene, overlay_side)`` (read once for all queries).
+    """
     height, width = heat.shape
-    gray = write_heat_map(heat, folder / f"{stem}.tif", map_scale, max(scene_preview.shape[:2]), tags)
+    gray = write_heat_map(heat, folder / f"{stem}.tif", map_scale, overlay_side, tags)
     to_scene = Affine.scale(width / gray.shape[1], height / gray.shape[0])  # preview pixel -> scene pixel
     regions = top_regions(gray / 255.0, threshold, top_k)
     out_crs = geojson_crs or heat.crs
@@ -238,8 +245,9 @@ def write_query_outputs(
     (folder / f"{stem}.geojson").write_text(json.dumps(document) + "\n", encoding="utf-8")
     rings = [np.asarray(g["coordinates"][0] if g["type"] == "Polygon" else g["coordinates"][0][0])
              for g, _ in regions]
-    preview = cv2.resize(scene_preview, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_AREA)
-    write_overlay(folder / f"{stem}.png", preview, gray, regions=rings, title=heat.query)
+    if scene_preview.shape[:2] != gray.shape:  # a preview read for another size
+        scene_preview = cv2.resize(scene_preview, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_AREA)
+    write_overlay(folder / f"{stem}.png", scene_preview, gray, regions=rings, title=heat.query)
     return {"query": heat.query, "files": [f"{stem}.tif", f"{stem}.geojson", f"{stem}.png"],
             "regions": len(features), "best_window_score": float(heat.scores.max())}
 
@@ -269,16 +277,15 @@ def localize_to_folder(
     """Run ``localize_scene`` and write every query's outputs into ``output`` (all or nothing)."""
     check_reprojectable(scene, geojson_crs)
     heat_maps = localize_scene(model, processor, scene, queries, window_sizes, batch_size, progress)
-    factor = preview_factor((scene.height, scene.width), overlay_side)
-    scene_preview = scene.read_rgb(out_size=(-(-scene.width // factor), -(-scene.height // factor)))
     tags = {"WINDOW_SIZES": ",".join(map(str, window_sizes)), "MAP_SCALE": str(map_scale)}
     digits = len(str(len(queries)))
     summary = []
-    with staged_output(output) as stage:
+    with bounded_gdal_cache(), staged_output(output) as stage:
+        scene_preview = read_preview(scene, overlay_side)
         for number, heat in enumerate(heat_maps, start=1):
             stem = f"{number:0{digits}d}_{slugify(heat.query)}"
             summary.append(write_query_outputs(heat, scene_preview, stage, stem, map_scale, geojson_crs,
-                                               threshold, top_k, tags))
+                                               threshold, top_k, tags, overlay_side))
     return summary
 
 

@@ -62,7 +62,7 @@ def test_strip_wise_map_equals_selo_full_size_map(monkeypatch):
     scores = np.random.default_rng(0).normal(size=len(windows)).astype(np.float32)
     expected = probability_map(mean_heat_map(scores, windows, shape), "clean")[0]
     heat = HeatMap("q", heat_grid(scores, windows, shape), None, Affine.identity(), windows, scores)
-    monkeypatch.setattr(localize, "STRIP_ROWS", 96)  # many strips, some thinner than the 251-px kernel
+    monkeypatch.setattr(localize, "_strip_rows", lambda width, *factors: 96)  # strips thinner than the kernel
     np.testing.assert_array_equal(heat.probability(), expected.astype(np.float32))
     # 4x coarser: mean of each 4 x 4 block, edge blocks over the pixels they hold (NaN padding, nanmean)
     padded = np.full((720, 792), np.nan)
