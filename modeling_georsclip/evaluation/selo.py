@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -39,8 +39,9 @@ from ..log import get_logger
 from ..metrics import selo_scores
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
-from .common import gather, is_main_process, load_model, shard
-from .datasets import SeloSet, load_eval_dataset
+
+if TYPE_CHECKING:  # .common/.datasets import HF datasets (+80 MB RSS): imported where used, so that
+    from .datasets import SeloSet  # localize/classify_tiles (which share this module's map code) stay light
 
 logger = get_logger(__name__)
 
@@ -250,6 +251,8 @@ def evaluate_selo(
     scenes = sorted(by_scene)
     per_query: list[dict[str, Any]] = []
     unreadable: list[str] = []
+    from .common import gather, is_main_process, shard
+
     main = is_main_process(accelerator)
     for scene_index in tqdm(shard(len(scenes), accelerator), desc="SeLo scenes", disable=not main):
         path = scenes[scene_index]
@@ -295,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-dir", default=None, help="where to write one heat-map overlay PNG per query")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    from .common import load_model
+    from .datasets import load_eval_dataset
+
     model, processor = load_model(args.model)
     dataset = load_eval_dataset(args.data, "selo")
     result = evaluate_selo(model, processor, dataset, args.mode, batch_size=args.batch_size, output_dir=args.output_dir)
