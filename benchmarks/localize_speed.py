@@ -19,6 +19,7 @@ The model is ViT-B-32-sized (transformers CLIPConfig with B-32 dimensions, rando
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,6 @@ import torch
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
-from selo_speed import b32_model, current_rss_mib, peak_rss_mib
 
 from modeling_georsclip import GeoRSCLIPProcessor
 from modeling_georsclip.evaluation.selo import CROP_SIZE, selo_windows
@@ -68,6 +68,8 @@ def write_cog(path: Path, size: int) -> None:
 
 
 def write_model(path: Path, kind: str) -> None:
+    from selo_speed import b32_model  # imported here: selo_speed loads HF datasets, which localize does not
+
     model = b32_model() if kind == "b32" else tiny_clip(image_size=224, patch_size=32)
     model.save_pretrained(path)
     GeoRSCLIPProcessor.default(image_size=224).save_pretrained(path)
@@ -79,9 +81,10 @@ def reset_peak_rss() -> None:
         handle.write("5")
 
 
-def high_water_mib() -> float:
+def status_mib(key: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (high-water mark) of this process, in MiB."""
     with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024
+        return next(int(line.split()[1]) for line in handle if line.startswith(key)) / 1024
 
 
 def forward_alone(model, processor, scene_path: Path, windows: np.ndarray, batch_size: int) -> float:
@@ -124,7 +127,7 @@ def main() -> None:
               f"model {args.model}, {torch.get_num_threads()} threads")
         with torch.no_grad():  # warm-up (allocator, oneDNN kernels) so neither timing pays it
             model.image_embeddings(torch.zeros(args.batch_size, 3, 224, 224), batch_size=args.batch_size)
-        rss_before = current_rss_mib()
+        rss_before = status_mib("VmRSS")
         reset_peak_rss()
         queries = [f"query number {i}: many buses in a parking lot" for i in range(args.queries)]
         begin = time.perf_counter()
@@ -132,8 +135,8 @@ def main() -> None:
             localize_to_folder(model, processor, scene, queries, Path(tmp) / "out", sizes, progress=False,
                                batch_size=args.batch_size)
         pipeline = time.perf_counter() - begin
-        peak = high_water_mib()
-        lifetime_peak = peak_rss_mib()
+        peak = status_mib("VmHWM")
+        lifetime_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         outputs = sorted(p.name for p in (Path(tmp) / "out").iterdir())
         forward = forward_alone(model, processor, scene_path, windows, args.batch_size)
     print(f"  pipeline {pipeline:.1f} s, forward alone {forward:.1f} s -> ratio {pipeline / forward:.3f} "
