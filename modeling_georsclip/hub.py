@@ -250,7 +250,8 @@ def push_folder(
     if not (token or api.token):
         raise PushError(f"cannot push to {repo_id}: no Hugging Face token (run `hf auth login` or set HF_TOKEN); {hint}")
     try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                        space_sdk="gradio" if repo_type == "space" else None)  # the Hub requires an SDK for Spaces
         large = getattr(api, "upload_large_folder", None) if large_folder else None
         if large is not None:
             large(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,

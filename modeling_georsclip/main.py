@@ -196,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # 6. Hub -----------------------------------------------------------------------------------
         if args.push_to_hub:
             push(out, model_dir, args.push_to_hub, args.dry_run, dataset_built=not args.dataset)
+        # 7. demo Space for the model: OUT/space/ (with --push-to-hub REPO pushed, or listed, as REPO-demo)
+        from .space import write_main_space
+
+        write_main_space(out, model_dir, args.push_to_hub, args.dry_run)
     except StageError as err:
         logger.error("%s", err)
         return 1

@@ -4,8 +4,8 @@
   caption cleaning (ftfy + double HTML unescape + whitespace collapse), so token ids equal
   ``open_clip.tokenize`` — context 77, truncation keeps ``<sot>`` + 75 tokens + ``<eot>``.
 - Images: transformers' PIL-backend CLIP image processor (bicubic shortest-edge resize, centre crop,
-  normalise), bit-identical to open_clip's validation transform, after ``imaging.to_rgb`` turned RGBA,
-  16-bit, single-band, palette and CMYK inputs into correct 8-bit RGB.
+  normalise), bit-identical to open_clip's validation transform, after ``imaging.load_image`` turned RGBA,
+  palette, CMYK and (through ``raster``) multi-band, 16-bit and float rasters into correct 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def crop_height(image_processor: Any) -> int:
 class GeoRSCLIPProcessor(CLIPProcessor):
     """A ``CLIPProcessor`` that cleans captions like open_clip and reads any remote-sensing image.
 
-    ``images`` may be PIL images, paths or raw bytes; ``text`` a string or list of strings. Saved folders
+    ``images`` may be PIL images, paths, raw bytes or numpy arrays of any image or raster (see ``__call__``
+    for ``bands`` and ``preset``); ``text`` a string or list of strings. Saved folders
     hold a plain ``CLIPProcessor`` so that stock transformers (and Hub widgets) load them.
     """
 
@@ -115,7 +116,16 @@ class GeoRSCLIPProcessor(CLIPProcessor):
             processor.image_processor = OpenCLIPImageProcessor(**settings)
         return processor
 
-    def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, **kwargs):
+    def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, *,
+                 bands: Sequence[int] | None = None, preset: str | None = None, **kwargs):
+        """Tokenize ``text`` and/or preprocess ``images``.
+
+        ``images``: PIL images, paths or bytes of any image or raster (GeoTIFF/COG of any band count and
+        dtype), or numpy arrays in rasterio's (bands, H, W) order (an HxWx3 uint8 picture is taken as is).
+        ``bands`` (1-based, e.g. ``(4, 3, 2)``) and ``preset`` (``"sentinel2-l2a"``, ``"landsat-c2l2"``,
+        ``"percentile"``, ``"linear:0,3000"``, ...; see :mod:`modeling_georsclip.raster`) say how rasters and
+        arrays become 8-bit RGB; without them 8-bit data is used as is and other data gets a 2-98 % stretch.
+        """
         if text is not None:
             text = clean_text(text) if isinstance(text, str) else [clean_text(t) for t in text]
             kwargs.setdefault("padding", True)
@@ -123,7 +133,8 @@ class GeoRSCLIPProcessor(CLIPProcessor):
             kwargs.setdefault("max_length", CONTEXT_LENGTH)
         if images is not None:
             many = isinstance(images, (list, tuple))
-            images = [load_image(im) for im in images] if many else load_image(images)
+            read = {"bands": bands, "preset": preset}
+            images = [load_image(im, **read) for im in images] if many else load_image(images, **read)
         return super().__call__(images=images, text=text, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):

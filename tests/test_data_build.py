@@ -449,3 +449,47 @@ def test_decompression_bombs_are_skipped_and_counted(tmp_path, monkeypatch):
     result = build(csv_factory(captions, images), tmp_path / "out", config="rs3", split="train", shard_size=5)
     assert result.report.invalid_by_kind == {"decompression_bomb": 2}
     assert [r["key"] for r in shard_rows(tmp_path / "out", "rs3", "train")] == ["ok.png"]
+
+
+def test_non_utf8_caption_bytes_are_skipped_and_counted_not_fatal(tmp_path, capsys):
+    """One latin-1 byte in a captions CSV used to abort the whole build (exit 2); now that caption is
+    skipped and counted as ``caption_not_utf8``, the kind name the training stream uses as well."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        (images / f"img{i}.png").write_bytes(noise_image(700 + i))
+    (tmp_path / "c.csv").write_bytes(b"file,caption,source\nimg0.png,caf\xe9 on a square,a\xe9b\n"
+                                     b"img0.png,a stadium,x\nimg1.png,farmland,x\n")
+    out = tmp_path / "out"
+    code = main(["--captions", str(tmp_path / "c.csv"), "--images", str(images), "--output", str(out),
+                 "--config", "rs3", "--split", "train"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["invalid_by_kind"] == {"caption_not_utf8": 1}
+    rows = shard_rows(out, "rs3", "train")
+    assert [(r["key"], r["caption"]) for r in rows] == [("img0.png", "a stadium"), ("img1.png", "farmland")]
+
+
+def test_release_tar_caption_not_utf8_uses_the_shared_kind(tmp_path):
+    with tarfile.open(tmp_path / "rs5m-000.tar", "w") as tar:
+        for i, caption in enumerate([b"caf\xe9", b"   ", b"a harbour"]):
+            _add(tar, f"{i:08d}.img_content", noise_image(800 + i, fmt="JPEG"))
+            _add(tar, f"{i:08d}.caption", caption)
+    result = build(lambda start: tar_items(str(tmp_path / "rs5m-*.tar"), "x", start=start), tmp_path / "out",
+                   config="pub11", split="train", shard_size=5)
+    assert result.report.invalid_by_kind == {"caption_not_utf8": 1, "empty_caption": 1}
+
+
+def test_multiband_uint16_tiff_is_decoded_by_the_builder(tmp_path):
+    """6-band uint16 GeoTIFFs (Pillow cannot open them) are valid images for the builder."""
+    import rasterio
+
+    images = tmp_path / "images"
+    images.mkdir()
+    data = np.random.default_rng(0).integers(0, 4000, size=(6, 32, 32), dtype=np.uint16)
+    with rasterio.open(images / "s2.tif", "w", driver="GTiff", width=32, height=32, count=6,
+                       dtype="uint16") as dst:
+        dst.write(data)
+    captions = write_csv(tmp_path / "c.csv", ["file", "caption"], [["s2.tif", "fields"]])
+    result = build(csv_factory(captions, images), tmp_path / "out", config="rs3", split="train", shard_size=5)
+    assert result.report.invalid_by_kind == {} and result.rows == 1

@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..imaging import load_image
+from ..imaging import ImageDecodeError, decode_caption, load_image, read_bytes
 from ..io import json_digest, write_text_atomic
 from ..log import get_logger
 from .filters import (
@@ -70,21 +69,6 @@ class Prepared:
     thumbnail: Image.Image | None = None
 
 
-def _invalid_kind(err: BaseException) -> str:
-    text = str(err).lower()
-    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return "decompression_bomb"
-    if "0 bytes" in text:
-        return "empty_file"
-    if "truncated" in text:
-        return "truncated"
-    if "cannot identify" in text:
-        return "not_an_image"
-    if isinstance(err, FileNotFoundError):
-        return "missing_file"
-    return "unreadable"
-
-
 def prepare(item: Item, settings: FilterSettings) -> Prepared:
     """Keyword filter, caption validation, full image decode, hashes: everything per-image and stateless."""
     result = Prepared(index=item.index, key=item.key, pairs_in=len(item.captions))
@@ -94,20 +78,20 @@ def prepare(item: Item, settings: FilterSettings) -> Prepared:
     result.after_keyword = len(captions)
     if not captions:
         return result
-    valid = [c for c in captions if c["caption"] and c["caption"].strip()]
-    if len(valid) < len(captions):
-        result.invalid["empty_caption"] = len(captions) - len(valid)
+    valid = []
+    for caption in captions:
+        text, kind = decode_caption(caption["caption"])
+        if kind is None:
+            valid.append({**caption, "caption": text})
+        else:
+            result.invalid[kind] = result.invalid.get(kind, 0) + 1
     if not valid:
         return result
     try:
-        data = item.image if isinstance(item.image, bytes) else Path(item.image).read_bytes()
-        with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a builder must not decode those.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = load_image(data)
-    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        kind = _invalid_kind(err)
-        result.invalid[kind] = result.invalid.get(kind, 0) + len(valid)
+        data = read_bytes(item.image)
+        image = load_image(data)  # pixel limit Image.MAX_IMAGE_PIXELS, errors carry one of DECODE_KINDS
+    except ImageDecodeError as err:
+        result.invalid[err.kind] = result.invalid.get(err.kind, 0) + len(valid)
         return result
     result.image_bytes = data
     result.digest = content_hash(data)

@@ -41,11 +41,16 @@ class Item:
     captions: list[dict] = field(default_factory=list)
 
 
+def _replace_undecodable(text: str) -> str:
+    """Lone surrogates (non-UTF-8 bytes read with surrogateescape) become U+FFFD outside the caption."""
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
 def _csv_geo(row: dict, where: str) -> dict:
     """Geo columns given explicitly in a CSV row (empty cell -> absent)."""
     values = {}
     for name in GEO_COLUMNS:
-        raw = (row.get(name) or "").strip()
+        raw = _replace_undecodable(row.get(name) or "").strip()
         if not raw:
             continue
         if name in ("utm_zone", "date"):
@@ -74,7 +79,9 @@ def csv_items(
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} does not exist")
     groups: dict[str, list[dict]] = {}
-    with open(captions_csv, newline="", encoding="utf-8") as handle:
+    # surrogateescape: a non-UTF-8 byte in one caption must not abort the build; the builder skips that
+    # caption and counts it as ``caption_not_utf8`` (imaging.decode_caption).
+    with open(captions_csv, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         missing = {"file", "caption"} - set(reader.fieldnames or ())
         if missing:
@@ -84,7 +91,8 @@ def csv_items(
             name = (row["file"] or "").strip()
             if not name:
                 raise ValueError(f"{where}: empty 'file' value")
-            caption = {"caption": row["caption"] or "", "source": (row.get("source") or "").strip() or default_source}
+            source = _replace_undecodable(row.get("source") or "").strip() or default_source
+            caption = {"caption": row["caption"] or "", "source": source}
             caption.update(_csv_geo(row, where))
             groups.setdefault(name, []).append(caption)
     for index, (name, captions) in enumerate(groups.items()):
@@ -136,10 +144,8 @@ def _tar_sample(archive: str, sample_key: str, fields: dict[str, bytes], index: 
         key = name_bytes.decode("utf-8", errors="replace").strip()
         if not key or "/" in key or "\\" in key or key in (".", ".."):
             raise ValueError(f"{archive}: sample {sample_key!r} has an unsafe img_name {key!r}")
-    try:
-        caption = caption_bytes.decode("utf-8").strip() if caption_bytes is not None else ""
-    except UnicodeDecodeError:
-        caption = ""  # counted as an invalid caption by the builder
+    # undecodable bytes stay as lone surrogates: the builder counts the caption as ``caption_not_utf8``
+    caption = caption_bytes.decode("utf-8", errors="surrogateescape").strip() if caption_bytes is not None else ""
     return Item(index=index, key=key, image=image if image is not None else b"", captions=[
         {"caption": caption, "source": source}
     ])

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..data.filters import content_hash, dhash
 from ..data.sources import IMAGE_EXTENSIONS
-from ..imaging import load_image
+from ..imaging import ImageDecodeError, load_image
 from ..io import sha256_file
 from ..log import get_logger
 
@@ -280,8 +280,8 @@ def decode_images(paths: Sequence[Path | bytes]) -> tuple[list[Image.Image], lis
         try:
             images.append(load_image(path))
             kept.append(index)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            errors.append(str(err))
+        except ImageDecodeError as err:  # kind names as in the builder and training stream reports
+            errors.append(f"{err.kind}: {err}")
     for message in errors:
         logger.warning("skipped unreadable image: %s", message)
     return images, kept, errors

@@ -23,8 +23,9 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -39,8 +40,9 @@ from ..log import get_logger
 from ..metrics import selo_scores
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
-from .common import gather, is_main_process, shard
-from .datasets import SeloSet, load_eval_dataset
+
+if TYPE_CHECKING:  # .common/.datasets import HF datasets (+80 MB RSS): imported where used, so that
+    from .datasets import SeloSet  # localize/classify_tiles (which share this module's map code) stay light
 
 logger = get_logger(__name__)
 
@@ -130,27 +132,69 @@ def embed_windows(
     return torch.cat(chunks)
 
 
-def mean_heat_map(scores: np.ndarray, windows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Per-pixel mean of the window scores over the windows covering each pixel (summed-area tables)."""
+@dataclass(frozen=True)
+class HeatGrid:
+    """A per-pixel mean heat map stored once per cell of the grid the window edges make.
+
+    The map is constant between window edges, so a 20,000 x 20,000 scene (a 3.2 GB float64 map) needs only
+    a few hundred cells; ``expand`` paints any band of rows at full resolution when it is needed.
+    """
+
+    row_edges: np.ndarray  # (R + 1,) sorted pixel rows, 0 ... height
+    col_edges: np.ndarray  # (C + 1,) sorted pixel columns, 0 ... width
+    cells: np.ndarray  # (R, C) value of each cell
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.row_edges[-1]), int(self.col_edges[-1])
+
+    def expand(self, values: np.ndarray | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """``values`` (default ``cells``; any (R, C) array) painted at full resolution for pixel ``rows``."""
+        values = self.cells if values is None else values
+        start, stop = rows or (0, self.shape[0])
+        row_cell = np.searchsorted(self.row_edges, np.arange(start, stop), side="right") - 1
+        col_cell = np.searchsorted(self.col_edges, np.arange(self.shape[1]), side="right") - 1
+        return values[row_cell][:, col_cell]
+
+
+def heat_grid(scores: np.ndarray, windows: np.ndarray, shape: tuple[int, int]) -> HeatGrid:
+    """Per-pixel mean of the window scores over the windows covering each pixel, one value per grid cell.
+
+    Summed-area tables over the compressed grid: the same additions in the same order as over every pixel
+    (the skipped rows and columns only add zeros), so ``expand()`` equals the full-size computation exactly.
+    """
     height, width = shape
     row0, row1, col0, col1 = windows.T
-    corners = ((row0, col0, 1), (row0, col1, -1), (row1, col0, -1), (row1, col1, 1))
-    sums = np.zeros((height + 1, width + 1), dtype=np.float64)
-    counts = np.zeros((height + 1, width + 1), dtype=np.int64)
+    row_edges = np.unique(np.concatenate([[0, height], row0, row1]))
+    col_edges = np.unique(np.concatenate([[0, width], col0, col1]))
+    r0, r1 = np.searchsorted(row_edges, row0), np.searchsorted(row_edges, row1)
+    c0, c1 = np.searchsorted(col_edges, col0), np.searchsorted(col_edges, col1)
+    corners = ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1))
+    sums = np.zeros((len(row_edges), len(col_edges)), dtype=np.float64)
+    counts = np.zeros((len(row_edges), len(col_edges)), dtype=np.int64)
     for rows, cols, sign in corners:
         np.add.at(sums, (rows, cols), sign * scores.astype(np.float64))
         np.add.at(counts, (rows, cols), sign)
-    sums = sums.cumsum(axis=0).cumsum(axis=1)[:height, :width]
-    counts = counts.cumsum(axis=0).cumsum(axis=1)[:height, :width]
-    return sums / np.maximum(counts, 1)
+    sums = sums.cumsum(axis=0).cumsum(axis=1)[:-1, :-1]
+    counts = counts.cumsum(axis=0).cumsum(axis=1)[:-1, :-1]
+    return HeatGrid(row_edges, col_edges, sums / np.maximum(counts, 1))
+
+
+def mean_heat_map(scores: np.ndarray, windows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per-pixel mean of the window scores over the windows covering each pixel (full-size array)."""
+    return heat_grid(scores, windows, shape).expand()
+
+
+def gray_levels(heat: np.ndarray) -> np.ndarray:
+    """The reference's min-max scaling of a heat map (or of a HeatGrid's cells) to 8 bits, before the blur."""
+    adaptive = heat - heat.min()
+    peak = adaptive.max()
+    return np.uint8(255 * (adaptive / peak)) if peak > 0 else np.zeros(heat.shape, np.uint8)
 
 
 def probability_map(heat: np.ndarray, mode: Mode = "paper") -> tuple[np.ndarray, np.ndarray]:
     """(prob in [0, 1] as scored, 8-bit blurred map for display) from a heat map, as the reference does."""
-    adaptive = heat - heat.min()
-    peak = adaptive.max()
-    gray = np.uint8(255 * (adaptive / peak)) if peak > 0 else np.zeros(heat.shape, np.uint8)
-    gray = cv2.medianBlur(gray, MEDIAN_KERNEL)
+    gray = cv2.medianBlur(gray_levels(heat), MEDIAN_KERNEL)
     scored = gray
     if mode == "paper":
         ok, encoded = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -208,6 +252,8 @@ def evaluate_selo(
     scenes = sorted(by_scene)
     per_query: list[dict[str, Any]] = []
     unreadable: list[str] = []
+    from .common import gather, is_main_process, shard
+
     main = is_main_process(accelerator)
     for scene_index in tqdm(shard(len(scenes), accelerator), desc="SeLo scenes", disable=not main):
         path = scenes[scene_index]
@@ -253,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-dir", default=None, help="where to write one heat-map overlay PNG per query")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    from .datasets import load_eval_dataset
+
     model, processor = load_model_or_exit(args.model)
     dataset = load_eval_dataset(args.data, "selo")
     result = evaluate_selo(model, processor, dataset, args.mode, batch_size=args.batch_size, output_dir=args.output_dir)

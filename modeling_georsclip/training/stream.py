@@ -25,7 +25,7 @@ Design (and why some of it is hand-written):
   raw bytes. Shard (file) order is also permuted per epoch, identically on every process.
 - Decoding, augmentation and tokenisation run in the workers; each worker emits *whole batches* made of valid
   samples only, so every process gets full, equal-size batches (the contrastive all-gather needs equal shapes).
-- Corrupt samples are skipped and counted by kind (see ``SKIP_KINDS``); counts ride along with the batches to the
+- Corrupt samples are skipped and counted by kind (see ``imaging.SKIP_KINDS``); counts ride along with the batches to the
   main process (``TrainLoader.skipped``).
 - Position state is torchdata's ``StatefulDataLoader`` (it snapshots each worker's ``state_dict`` with every batch
   and restarts the worker round-robin where it stopped), plus the per-worker state defined here.
@@ -37,8 +37,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -46,24 +44,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..imaging import to_rgb
+from ..imaging import ImageDecodeError, decode_caption, load_image
 from ..log import get_logger
 from ..processing import CONTEXT_LENGTH, clean_text, crop_height
 
 logger = get_logger(__name__)
-
-SKIP_KINDS = (
-    "empty_file",  # 0-byte image data
-    "missing_file",  # CSV row whose image file does not exist
-    "not_an_image",  # bytes Pillow cannot identify (HTML error pages, text, garbage)
-    "truncated_image",  # JPEG/PNG cut short
-    "decompression_bomb",  # more pixels than ``max_image_pixels``
-    "unreadable_image",  # any other decode error
-    "empty_caption",  # missing or whitespace-only caption
-    "caption_not_utf8",  # caption bytes that are not valid UTF-8
-)
 
 _ROW_FEATURES = None  # built lazily (datasets import is slow)
 # Local data files read by a ``datasets`` packaged builder of the same name, by extension.
@@ -283,46 +270,17 @@ def decode_pair(
     scaling, ``Image.draft``) that still keeps both sides >= ``draft_size``; the resize to the model size
     that follows hardly changes, and a 1920 px scene decodes several times faster.
     """
-    if isinstance(caption, (bytes, bytearray)):
-        try:
-            caption = bytes(caption).decode("utf-8")
-        except UnicodeDecodeError:
-            return None, None, "caption_not_utf8"
-    if caption is None or not caption.strip():
-        return None, None, "empty_caption"
-    if any("\ud800" <= ch <= "\udfff" for ch in caption):  # lone surrogates: undecodable bytes upstream
-        return None, None, "caption_not_utf8"
+    caption, kind = decode_caption(caption)
+    if kind is not None:
+        return None, None, kind
     data, path = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
     if isinstance(data, str):
         data, path = None, data
-    if data is None:
-        if not path or not os.path.isfile(path):
-            return None, None, "missing_file"
-        with open(path, "rb") as handle:
-            data = handle.read()
-    if not data:
-        return None, None, "empty_file"
-    previous_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            # Pillow only *warns* between 1x and 2x MAX_IMAGE_PIXELS; make that an error as well.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_image_pixels
-            img = Image.open(io.BytesIO(data))
-            if draft_size and img.format == "JPEG" and min(img.size) >= 2 * draft_size:
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            img = to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return None, None, "decompression_bomb"
-    except UnidentifiedImageError:
-        return None, None, "not_an_image"
-    except OSError as err:
-        return None, None, "truncated_image" if "truncated" in str(err).lower() else "unreadable_image"
-    except Exception:  # any other decoder failure (ValueError, SyntaxError in plugins, ...)
-        return None, None, "unreadable_image"
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+        img = load_image(data if data is not None else (path or ""), max_pixels=max_image_pixels,
+                         draft_size=draft_size)
+    except ImageDecodeError as err:
+        return None, None, err.kind
     return img, clean_text(caption), None
 
 
