@@ -169,6 +169,17 @@ def load_model(
     return prepare_for_inference(net, precision, device), processor
 
 
+def load_model_for_cli(
+    parser: argparse.ArgumentParser, model: str | os.PathLike, device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
+    """``load_model`` for a command line: a bad path or precision becomes ``error: ...`` and exit status 2."""
+    try:
+        return load_model(model, device, precision)
+    except (ModelLoadError, PrecisionError) as err:
+        parser.error(str(err))
+
+
 def _looks_like_hub_id(name: str) -> bool:
     """``owner/name`` with no other separators: a Hub id rather than a relative path."""
     parts = name.split("/")

@@ -33,12 +33,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..imaging import load_image
+from ..inference import add_precision_argument, load_model_for_cli
 from ..io import atomic_file
 from ..log import get_logger
 from ..metrics import selo_scores
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
-from .common import gather, is_main_process, load_model, shard
+from .common import gather, is_main_process, shard
 from .datasets import SeloSet, load_eval_dataset
 
 logger = get_logger(__name__)
@@ -251,11 +252,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mode", default="paper", choices=["paper", "clean"])
     parser.add_argument("--output-dir", default=None, help="where to write one heat-map overlay PNG per query")
     parser.add_argument("--batch-size", type=int, default=32)
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
-    model, processor = load_model(args.model)
+    model, processor = load_model_for_cli(parser, args.model, precision=args.precision)
     dataset = load_eval_dataset(args.data, "selo")
     result = evaluate_selo(model, processor, dataset, args.mode, batch_size=args.batch_size, output_dir=args.output_dir)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({"precision": model.inference_precision, **result}, indent=2))
 
 
 if __name__ == "__main__":
