@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -169,15 +170,14 @@ def load_model(
     return prepare_for_inference(net, precision, device), processor
 
 
-def load_model_for_cli(
-    parser: argparse.ArgumentParser, model: str | os.PathLike, device: str | torch.device | None = None,
-    precision: str = "fp32",
-) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
-    """``load_model`` for a command line: a bad path or precision becomes ``error: ...`` and exit status 2."""
+def load_model_or_exit(model: str | os.PathLike, *args, **kwargs) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
+    """:func:`load_model` for command-line entry points: a bad path or a precision the device cannot run is
+    one ``error:`` line and exit status 2."""
     try:
-        return load_model(model, device, precision)
+        return load_model(model, *args, **kwargs)
     except (ModelLoadError, PrecisionError) as err:
-        parser.error(str(err))
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -129,10 +129,9 @@ def test_load_model_in_each_precision(eval_setup):
 
 def test_cli_precision_errors_exit_2(eval_setup, capsys):
     base, data, model_dir = eval_setup
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--model", str(model_dir), "--data-root", str(data["root"]), "--tasks", "zsc",
-                  "--precision", "fp16", "--output", str(base / "never.json"), "--no-card"])
-    assert exit_info.value.code == 2
+    code = cli.main(["--model", str(model_dir), "--data-root", str(data["root"]), "--tasks", "zsc",
+                     "--precision", "fp16", "--output", str(base / "never.json"), "--no-card"])
+    assert code == 2
     err = capsys.readouterr().err
     assert "error: precision fp16 cannot run on device cpu" in err
     assert not (base / "never.json").exists()
@@ -210,3 +209,17 @@ def test_outlier_scorer_in_int8_and_bf16_stays_close_to_fp32(images):
         difference = abs(scorer(images) - fp32).max()
         assert 0 < difference < 0.03  # tiny random model: int8 moves P(RS) ~0.017 here, bf16 less
         prepare_for_inference(model, "fp32")
+
+
+def test_builder_outlier_filter_precision(tmp_path, capsys):
+    from modeling_georsclip.data.build import main as build_main
+
+    model_dir = save_tiny_clip(tmp_path / "tiny")
+    common = ["--captions", str(SAMPLES / "captions.csv"), "--images", str(SAMPLES / "images"), "--config", "rs3",
+              "--split", "train", "--filters", "outlier", "--outlier-model", str(model_dir),
+              "--outlier-threshold", "0.0"]
+    assert build_main([*common, "--output", str(tmp_path / "never"), "--precision", "fp16"]) == 2
+    assert "error: --outlier-model: precision fp16 cannot run on device cpu" in capsys.readouterr().err
+    assert build_main([*common, "--output", str(tmp_path / "int8"), "--precision", "int8"]) == 0
+    report = json.loads((tmp_path / "int8" / "build_reports" / "rs3-train.json").read_text())
+    assert report["outlier_precision"] == "int8" and report["rows"] > 0

@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             scorer = OutlierScorer(args.outlier_model, precision=args.precision)
         except (ModelLoadError, PrecisionError) as err:
-            parser.error(str(err))
+            print(f"error: --outlier-model: {err}", file=sys.stderr)
+            return 2
         outlier = OutlierFilter(scorer, threshold=args.outlier_threshold)
 
     if chosen[0]:

@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check_precision < 0:
-        parser.error(f"--check-precision must be >= 0, got {args.check_precision}")
+        parser.error(f"--check-precision must be >= 0, got {args.check_precision}")  # exit 2
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASK_KINDS))
     if unknown:
@@ -190,8 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator = Accelerator()
         try:
             resolve_precision(args.precision, accelerator.device)
-        except PrecisionError as err:
-            parser.error(str(err))
+        except PrecisionError as err:  # before any model loads: one line, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     runs = load_runs(args.compare)
     overlay_dir = args.overlay_dir or args.output.with_name(args.output.stem + "_selo")
     try:
@@ -202,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in args.model
         ]
     except (PrecisionError, ModelLoadError) as err:
-        parser.error(str(err))
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not is_main_process(accelerator):
         return 0
     runs += fresh

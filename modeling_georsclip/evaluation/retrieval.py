@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..inference import add_precision_argument, load_model_for_cli
+from ..inference import add_precision_argument, load_model_or_exit
 from ..metrics import EmbeddingSimilarity, retrieval_recall
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     add_precision_argument(parser)
     args = parser.parse_args(argv)
-    model, processor = load_model_for_cli(parser, args.model, precision=args.precision)
+    model, processor = load_model_or_exit(args.model, precision=args.precision)
     dataset = load_eval_dataset(args.data, "retrieval", split=args.split)
     result = evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size)
     print(json.dumps({"precision": model.inference_precision, **result}, indent=2))

@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..imaging import load_image
-from ..inference import add_precision_argument, load_model_for_cli
+from ..inference import add_precision_argument, load_model_or_exit
 from ..io import atomic_file
 from ..log import get_logger
 from ..metrics import selo_scores
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     add_precision_argument(parser)
     args = parser.parse_args(argv)
-    model, processor = load_model_for_cli(parser, args.model, precision=args.precision)
+    model, processor = load_model_or_exit(args.model, precision=args.precision)
     dataset = load_eval_dataset(args.data, "selo")
     result = evaluate_selo(model, processor, dataset, args.mode, batch_size=args.batch_size, output_dir=args.output_dir)
     print(json.dumps({"precision": model.inference_precision, **result}, indent=2))
