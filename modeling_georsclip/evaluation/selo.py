@@ -343,29 +343,26 @@ def evaluate_selo(
                 continue
             yield path, scene, selo_windows(scene.shape[0], scene.shape[1], sizes)
 
-    def score_scene(path: Path, scene: np.ndarray, windows: np.ndarray, crop_embeds: torch.Tensor) -> list[dict]:
-        rows = []
-        for index in by_scene[path]:
-            query = dataset.queries[index]
-            heat = mean_heat_map((crop_embeds @ texts[index]).numpy(), windows, scene.shape[:2])
-            prob, gray = probability_map(heat, mode)
-            scores = selo_scores(prob, query.regions)
-            rows.append({"index": index, "image": path.name, "caption": query.caption, **scores})
-            if output_dir is not None:
-                title = f"{query.caption.strip()}  |  Rmi {scores['Rmi']:.3f}"
-                write_overlay(Path(output_dir) / f"selo_{index:04d}_{path.stem}.png", scene, gray,
-                              regions=query.regions, title=title)
-        return rows
+    def score_query(index: int, path: Path, scene: np.ndarray, windows: np.ndarray, crop_embeds: torch.Tensor):
+        query = dataset.queries[index]
+        heat = mean_heat_map((crop_embeds @ texts[index]).numpy(), windows, scene.shape[:2])
+        prob, gray = probability_map(heat, mode)
+        scores = selo_scores(prob, query.regions)
+        if output_dir is not None:
+            title = f"{query.caption.strip()}  |  Rmi {scores['Rmi']:.3f}"
+            write_overlay(Path(output_dir) / f"selo_{index:04d}_{path.stem}.png", scene, gray,
+                          regions=query.regions, title=title)
+        return {"index": index, "image": path.name, "caption": query.caption, **scores}
 
-    # Heat maps, scores and overlays of a finished scene run in a second thread while the model embeds the
-    # crops of the next scenes (NumPy and OpenCV release the GIL).
-    per_query: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="selo-maps") as post:
-        futures = [post.submit(score_scene, *item) for item in tqdm(
-            stream_window_embeddings(model, processor, readable_scenes(), mode, batch_size, progress=main),
-            total=len(mine), desc="SeLo scenes", disable=not main)]
-        for future in futures:
-            per_query += future.result()
+    # Heat maps, scores and overlays of a finished scene's queries run in two more threads while the model
+    # embeds the crops of the next scenes (NumPy and OpenCV release the GIL); the last scene's queries run
+    # side by side.
+    futures = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="selo-maps") as post:
+        stream = stream_window_embeddings(model, processor, readable_scenes(), mode, batch_size, progress=main)
+        for path, scene, windows, crop_embeds in tqdm(stream, total=len(mine), desc="SeLo scenes", disable=not main):
+            futures += [post.submit(score_query, i, path, scene, windows, crop_embeds) for i in by_scene[path]]
+        per_query: list[dict[str, Any]] = [future.result() for future in futures]
     per_query = sorted(gather(per_query, accelerator), key=lambda q: q["index"])
     unreadable = gather(unreadable, accelerator)
     result: dict[str, Any] = {
