@@ -128,10 +128,10 @@ def _collect_samples(samples: CheckSamples, task: str, dataset: Any, selo_mode: 
         samples.add(captions=[query.caption for query in dataset.queries])
         try:
             scene = read_scene(dataset.queries[0].image, selo_mode)
-        except (OSError, ValueError) as err:
+            windows = selo_windows(scene.shape[0], scene.shape[1])[: samples.n - len(samples.images)]
+        except (OSError, ValueError) as err:  # the SeLo task itself reports the scene
             logger.warning("precision check skips SeLo crops: %s", err)
             return
-        windows = selo_windows(scene.shape[0], scene.shape[1])[: samples.n - len(samples.images)]
         samples.add(window_crops(scene, windows, selo_mode))
     else:
         samples.add(captions=[query.caption for query in dataset.queries])
