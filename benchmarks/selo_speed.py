@@ -161,7 +161,7 @@ def selo_speed(scene_size: int, model_kind: str, batch_size: int, precisions: li
             texts = (torch.cat(rec.texts) * torch.cat(ref.texts)).sum(-1).min().item()
             seconds = statistics.median(timings[precision])
             print(f"  {precision:<10} {seconds:>8.1f} {statistics.median(timings[precisions[0]]) / seconds:>8.2f} "
-                  f"{crops:>14.5f} {texts:>17.5f}")
+                  f"{crops:>14.5f} {texts:>17.5f}   runs: {', '.join(f'{t:.1f}' for t in timings[precision])}")
 
 
 def evaluate_cli_speed(scene_size: int, model_kind: str, batch_size: int, precisions: list[str], reps: int) -> None:
@@ -189,7 +189,8 @@ def evaluate_cli_speed(scene_size: int, model_kind: str, batch_size: int, precis
         base = statistics.median(timings[precisions[0]])
         for precision in precisions:
             seconds = statistics.median(timings[precision])
-            print(f"  {precision:<10} {seconds:>8.1f} s  {base / seconds:>6.2f}x vs {precisions[0]}")
+            print(f"  {precision:<10} {seconds:>8.1f} s  {base / seconds:>6.2f}x vs {precisions[0]}   runs: "
+                  f"{', '.join(f'{t:.1f}' for t in timings[precision])}")
 
 
 def main() -> None:
