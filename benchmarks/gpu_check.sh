@@ -58,10 +58,10 @@ part() {  # part NAME LIMIT_S CMD...: run CMD (a command or a function) with a t
 
 if [[ $DRY -eq 1 ]]; then
     BUDGET=900; MODEL=tiny; DEVICE=cpu; IMAGES=64; IMAGE_PX=64; BATCH=8; STEPS=3; WORKERS=1; SCENE=600; SELO_MODEL=tiny
-    EMBED_BATCH=2; EMBED_REPS=1; EMBED_LIMIT=150
+    EMBED_BATCH=2; EMBED_REPS=1; EMBED_LIMIT=150; EMBED_PRECISIONS=bf16; SELO_PRECISIONS=fp32,bf16
 else
     BUDGET=470; MODEL=ViT-B-32; DEVICE=cuda; IMAGES=2048; IMAGE_PX=256; BATCH=256; STEPS=30; WORKERS=12; SCENE=3000; SELO_MODEL=b32
-    EMBED_BATCH=256; EMBED_REPS=10; EMBED_LIMIT=40
+    EMBED_BATCH=256; EMBED_REPS=10; EMBED_LIMIT=40; EMBED_PRECISIONS=bf16,fp16; SELO_PRECISIONS=fp32,bf16,fp16
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: use --dry-run')"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 fi
@@ -181,14 +181,12 @@ PYEOF
 part "FSDP2 correctness (tiny): losses, validation, final save, sharded resume" 120 fsdp_correct
 
 # ---- 4. image embedding throughput vs open_clip on the same (random, converted) weights
-for dtype in fp32 bf16; do
-    part "image embeddings $dtype vs open_clip" "$EMBED_LIMIT" "$PY" benchmarks/embed_throughput.py --device "$DEVICE" \
-        --dtype "$dtype" --batch "$EMBED_BATCH" --reps "$EMBED_REPS" --threads "$(nproc)"
-done
+part "image embeddings fp32/bf16 vs open_clip" "$EMBED_LIMIT" "$PY" benchmarks/embed_throughput.py --device "$DEVICE" \
+    --precisions "$EMBED_PRECISIONS" --no-onnx --batch "$EMBED_BATCH" --reps "$EMBED_REPS" --threads "$(nproc)"
 
 # ---- 5. SeLo on one scene
 part "SeLo ${SCENE}x${SCENE}" 60 "$PY" benchmarks/selo_speed.py --skip-retrieval --device "$DEVICE" \
-    --scene "$SCENE" --model "$SELO_MODEL"
+    --scene "$SCENE" --model "$SELO_MODEL" --precisions "$SELO_PRECISIONS" --cli-reps 0
 
 echo
 echo "gpu_check: $((SECONDS - T0)) s in all; failed parts: ${#FAILED[@]}${FAILED[*]:+ (${FAILED[*]})}"

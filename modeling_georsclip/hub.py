@@ -55,7 +55,7 @@ def _eval_result(result: dict[str, Any]) -> EvalResult:
     missing = [key for key in RESULT_KEYS if key not in result]
     if missing:
         raise ValueError(f"eval result {result!r} lacks keys {missing}")
-    allowed = {"task_name", "dataset_split", "dataset_config", "metric_name", *RESULT_KEYS}
+    allowed = {"task_name", "dataset_split", "dataset_config", "metric_name", "metric_args", *RESULT_KEYS}
     unknown = set(result) - allowed
     if unknown:
         raise ValueError(f"eval result has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ from .processing import GeoRSCLIPProcessor
 logger = get_logger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "auto")
+# What each precision needs from the device; anything else is a PrecisionError, never a quiet fp32 run.
+SUPPORTED = {"cpu": ("fp32", "bf16", "int8"), "cuda": ("fp32", "bf16", "fp16"), "mps": ("fp32", "fp16")}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
 
 
 class ModelLoadError(RuntimeError):
@@ -36,30 +40,104 @@ class PrecisionError(ValueError):
     """A precision this device cannot run (e.g. int8 on a GPU, fp16 on a CPU); names both."""
 
 
-def add_precision_argument(parser: argparse.ArgumentParser, default: str = "fp32") -> None:
-    """``--precision`` (and ``--check-precision N``) with the same help text on every command that embeds."""
+def add_precision_argument(parser: argparse.ArgumentParser, default: str = "fp32", check: bool = False) -> None:
+    """``--precision`` with the same help text on every command that embeds; ``check=True`` adds
+    ``--check-precision N`` (commands that write a results record: evaluate)."""
     parser.add_argument(
         "--precision", default=default, choices=PRECISIONS,
-        help="inference precision: fp32, bf16, fp16 (GPU), int8 (CPU dynamic quantization) or auto "
-             f"(bf16 where the CPU/GPU has it, else fp32); default {default}",
+        help="inference precision: fp32, bf16 (CPU autocast / GPU), fp16 (GPU), int8 (CPU dynamic quantization "
+             f"of Linear layers) or auto (bf16 where the CPU/GPU has native bf16, else fp32); default {default}",
     )
+    if check:
+        parser.add_argument(
+            "--check-precision", type=int, default=0, metavar="N",
+            help="also embed N of the run's images and captions in fp32 and record min/mean cosine (and "
+                 "zero-shot top-1 agreement) to fp32 in each results run record; 0 (default) skips the check",
+        )
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bf16 dot products (AVX512-BF16 or AMX), where bf16 autocast pays off.
+
+    torch exposes no such query (``get_cpu_capability`` says only "AVX512"; mkldnn's bf16 check is true on
+    any AVX512 CPU, where bf16 is emulated and slower than fp32), so read the kernel's CPU flags.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def _device_has_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return False
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
     """The precision that will run on ``device`` (``auto`` resolved); PrecisionError if it cannot run there."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision in ("fp32", "auto"):
-        return "fp32"
-    raise PrecisionError(f"precision {precision!r} is not implemented yet on {torch.device(device).type}")
+    device = torch.device(device)
+    if precision == "auto":
+        return "bf16" if _device_has_bf16(device) else "fp32"
+    supported = SUPPORTED.get(device.type, ("fp32",))
+    if precision not in supported:
+        raise PrecisionError(
+            f"precision {precision} cannot run on device {_device_name(device)}: "
+            f"{device.type} supports {', '.join(supported)}"
+        )
+    if precision == "bf16" and device.type == "cuda" and not _device_has_bf16(device):
+        raise PrecisionError(f"precision bf16 cannot run on device {_device_name(device)}: this GPU has no bf16; "
+                             "use fp16 or fp32")
+    return precision
+
+
+def quantize_int8(model: GeoRSCLIPModel) -> GeoRSCLIPModel:
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (weights int8, activations
+    quantized per batch); embeddings, layer norms and convolutions stay fp32.
+
+    ``torch.ao.quantization.quantize_dynamic`` warns that it is deprecated in favour of torchao, which this
+    project does not depend on; it still works in torch 2.14 and is the fastest CPU path measured here, so
+    its deprecation warnings are silenced for this one call.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def prepare_for_inference(model: GeoRSCLIPModel, precision: str = "fp32", device: str | torch.device | None = None):
-    """Turn a loaded fp32 model into its inference form for ``precision`` on ``device``; returns the model."""
+    """Turn a loaded fp32 model into its inference form for ``precision`` on ``device``; returns the model.
+
+    fp32: the model as is. bf16/fp16: weights stay fp32 and ``image_embeddings``/``text_embeddings`` run
+    under ``torch.autocast`` (matmuls in 16 bit, norms and softmax in fp32: on CPU the fast path, on GPU
+    within a few percent of a full cast); the model is changed in place, as by ``.to()``. int8 (CPU): a
+    quantized copy (the fp32 model is left as it was). ``model.inference_precision`` says
+    what runs; PrecisionError (naming precision and device) if the device cannot run it.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     resolved = resolve_precision(precision, device)
+    current = getattr(model, "inference_precision", "fp32")
+    if current == "int8" and resolved != "int8":
+        raise PrecisionError(f"this model was quantized to int8; load it again to run it in {resolved}")
     model = model.to(device).eval()
+    if resolved == "int8" and current != "int8":
+        model = quantize_int8(model)
     model.inference_precision = resolved
+    if precision == "auto":
+        logger.info("precision auto -> %s on %s", resolved, _device_name(device))
     return model
 
 
@@ -112,10 +190,11 @@ def check_model_path(name: str) -> Path:
 
 
 def load_model_or_exit(model: str | os.PathLike, *args, **kwargs) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
-    """:func:`load_model` for command-line entry points: a ModelLoadError is one ``error:`` line, exit 2."""
+    """:func:`load_model` for command-line entry points: a bad path or a precision the device cannot run is
+    one ``error:`` line and exit status 2."""
     try:
         return load_model(model, *args, **kwargs)
-    except ModelLoadError as err:
+    except (ModelLoadError, PrecisionError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -8,6 +8,7 @@ inference widgets need; the extras below live in this library, not in the checkp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 HeadMode = Literal["paper", "openclip"]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pooled(output) -> torch.Tensor:
@@ -35,7 +37,13 @@ def _batches(items: Sequence, batch_size: int):
 
 
 class GeoRSCLIPModel(CLIPModel):
-    """CLIP for remote sensing: batched normalised embeddings and prompt-ensemble zero-shot heads."""
+    """CLIP for remote sensing: batched normalised embeddings and prompt-ensemble zero-shot heads.
+
+    ``inference_precision`` (set by ``inference.prepare_for_inference``) is what the embedding methods run
+    in: ``bf16``/``fp16`` under ``torch.autocast``; ``int8`` models are quantized copies; outputs stay fp32.
+    """
+
+    inference_precision: str = "fp32"
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
         """Save exactly like ``CLIPModel`` and record the architecture as ``CLIPModel``.
@@ -57,6 +65,11 @@ class GeoRSCLIPModel(CLIPModel):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def precision_context(self):
+        """The autocast context ``inference_precision`` asks for (a no-op for fp32 and int8)."""
+        dtype = AUTOCAST_DTYPES.get(self.inference_precision)
+        return torch.autocast(self._device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     @torch.no_grad()
     def image_embeddings(
         self,
@@ -72,9 +85,10 @@ class GeoRSCLIPModel(CLIPModel):
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, total=-(-len(pixel_values) // batch_size), desc="images")
-        dtype = next(self.parameters()).dtype
+        device, dtype = self._device, next(self.parameters()).dtype
         for batch in batches:
-            feats = pooled(self.get_image_features(pixel_values=batch.to(self._device, dtype)))
+            with self.precision_context():
+                feats = pooled(self.get_image_features(pixel_values=batch.to(device, dtype)))
             chunks.append(feats.float().cpu())
         feats = torch.cat(chunks) if chunks else torch.empty(0, self.config.projection_dim)
         return F.normalize(feats, dim=-1) if normalize else feats
@@ -97,9 +111,10 @@ class GeoRSCLIPModel(CLIPModel):
             batches = tqdm(batches, total=-(-len(texts) // batch_size), desc="texts")
         for batch in batches:
             enc = tokenizer(text=batch, padding=True, truncation=True, max_length=77, return_tensors="pt")
-            feats = self.get_text_features(
-                input_ids=enc["input_ids"].to(self._device), attention_mask=enc["attention_mask"].to(self._device)
-            )
+            with self.precision_context():
+                feats = self.get_text_features(
+                    input_ids=enc["input_ids"].to(self._device), attention_mask=enc["attention_mask"].to(self._device)
+                )
             chunks.append(pooled(feats).float().cpu())
         feats = torch.cat(chunks) if chunks else torch.empty(0, self.config.projection_dim)
         return F.normalize(feats, dim=-1) if normalize else feats

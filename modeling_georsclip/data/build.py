@@ -158,6 +158,9 @@ def build(
         "settings": asdict(settings),
         "outlier_threshold": outlier.threshold if outlier else None,
     }
+    precision = getattr(outlier.scorer, "precision", "fp32") if outlier else None
+    if precision not in (None, "fp32"):  # fp32 builds keep the fingerprints they had before precisions existed
+        description["outlier_precision"] = precision
     progress = BuildProgress.open(out, config, split, json_digest(description), overwrite=overwrite)
     dedup = DuplicateFilter(settings.near_threshold if settings.on("dedup") else None)
     for digest, perceptual in progress.remembered():
@@ -184,6 +187,7 @@ def build(
                 "near_duplicate_threshold": settings.near_threshold,
                 "perceptual_hash": settings.perceptual_hash,
                 "outlier_threshold": outlier.threshold if outlier else None,
+                "outlier_precision": precision,
             },
             indent=1,
         ),
@@ -338,6 +342,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--perceptual-hash", choices=sorted(PERCEPTUAL_HASHES), default="phash")
     parser.add_argument("--outlier-model", help="local folder (or Hub id) of a GeoRSCLIP/CLIP checkpoint")
     parser.add_argument("--outlier-threshold", type=float, default=0.5, help="keep images with P(RS) >= this")
+    from ..inference import add_precision_argument  # torch loads only for commands that parse (not workers)
+
+    add_precision_argument(parser, "fp32")  # the outlier scorer's inference precision
     parser.add_argument("--overwrite", action="store_true", help="discard an earlier build of this config/split")
     parser.add_argument("--push-to-hub", metavar="REPO", help="upload the dataset folder to this Hub dataset repo")
     parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list the files, upload nothing")
@@ -345,7 +352,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     source = args.source or args.config
     chosen = [bool(args.captions or args.images), bool(args.rs5m_tars), bool(args.image_folder)]
     if sum(chosen) != 1:
@@ -363,14 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     if settings.on("outlier"):
         if not args.outlier_model:
             raise SystemExit("error: --filters outlier needs --outlier-model DIR")
-        from ..inference import ModelLoadError
+        from ..inference import ModelLoadError, PrecisionError
         from .filters import OutlierScorer
 
         try:
-            outlier = OutlierFilter(OutlierScorer(args.outlier_model), threshold=args.outlier_threshold)
-        except ModelLoadError as err:
+            scorer = OutlierScorer(args.outlier_model, precision=args.precision)
+        except (ModelLoadError, PrecisionError) as err:
             print(f"error: --outlier-model: {err}", file=sys.stderr)
             return 2
+        outlier = OutlierFilter(scorer, threshold=args.outlier_threshold)
 
     if chosen[0]:
         description = {"captions": _file_identity(args.captions), "images": str(Path(args.images).resolve())}

@@ -168,7 +168,8 @@ class OutlierScorer:
     """P(remote-sensing image) by zero-shot classification with a GeoRSCLIP (or any CLIP) checkpoint.
 
     Each prompt is one class; the score is the softmax mass on ``positive`` prompts. ``model_dir`` is a
-    local folder or Hub id holding a CLIP checkpoint and processor.
+    local folder or Hub id holding a CLIP checkpoint and processor. ``precision`` (``inference.PRECISIONS``)
+    is the scorer's inference precision, recorded in the build report.
     """
 
     def __init__(
@@ -180,19 +181,23 @@ class OutlierScorer:
         positive: Sequence[str] = RS_PROMPTS,
         negative: Sequence[str] = NOT_RS_PROMPTS,
         batch_size: int = 32,
+        precision: str = "fp32",
+        device=None,
     ):
-
-        from ..inference import load_model
+        from ..inference import load_model, prepare_for_inference
 
         if model is None:
             if model_dir is None:
                 raise ValueError("OutlierScorer needs model_dir or model + processor")
-            model, processor = load_model(model_dir)  # ModelLoadError naming a missing/corrupt model folder
+            model, processor = load_model(model_dir, device, precision)
+        elif precision != getattr(model, "inference_precision", "fp32"):
+            model = prepare_for_inference(model, precision, device)
         if processor is None:
             raise ValueError("OutlierScorer needs a processor with the model")
         if not positive or not negative:
             raise ValueError("OutlierScorer needs at least one positive and one negative prompt")
         self.model, self.processor, self.batch_size = model, processor, batch_size
+        self.precision = model.inference_precision
         self.num_positive = len(positive)
         prompts = list(positive) + list(negative)
         self.head = model.zero_shot_head(prompts, ["{}"], processor, mode="openclip")

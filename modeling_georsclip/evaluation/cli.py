@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..inference import ModelLoadError
+from ..inference import ModelLoadError, PrecisionError, add_precision_argument, resolve_precision
 from ..io import write_text_atomic
 from ..log import get_logger
 from .common import is_main_process, load_model
 from .datasets import load_eval_dataset
+from .precision_check import CheckSamples, precision_check
 from .results import load_runs, model_index_entries, results_markdown
 from .retrieval import evaluate_retrieval
 from .selo import evaluate_selo
@@ -66,21 +67,32 @@ def evaluate_model(
     batch_size: int = 64,
     overlay_dir: Path | None = None,
     accelerator: Any | None = None,
+    precision: str = "fp32",
+    check_precision: int = 0,
 ) -> dict[str, Any]:
-    """All requested tasks for one model; returns a JSON-ready run record."""
+    """All requested tasks for one model in ``precision``; returns a JSON-ready run record.
+
+    ``check_precision`` > 0 embeds that many of the run's images and captions in fp32 too and records the
+    agreement in ``run["precision_check"]``.
+    """
     device = accelerator.device if accelerator is not None else None
-    model, processor = load_model(model_id, device)
+    model, processor = load_model(model_id, device, precision)
     run: dict[str, Any] = {
         "model": str(model_id),
         "model_name": Path(str(model_id).rstrip("/")).name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"zero_shot_head": head_mode, "selo_mode": selo_mode, "batch_size": batch_size},
+        "precision": model.inference_precision,
+        "settings": {"zero_shot_head": head_mode, "selo_mode": selo_mode, "batch_size": batch_size,
+                     "precision": precision, "device": str(model.device)},
         "tasks": {},
     }
+    samples = CheckSamples(check_precision)
     for task, named in datasets.items():
         for name, source in named.items():
             logger.info("%s: %s on %s", run["model_name"], task, name)
             dataset = load_eval_dataset(source, TASK_KINDS[task], name=name)
+            if check_precision > 0:
+                _collect_samples(samples, task, dataset, selo_mode)
             if task == "zsc":
                 scores = evaluate_zero_shot(model, processor, dataset, mode=head_mode, batch_size=batch_size,
                                             accelerator=accelerator)
@@ -95,7 +107,34 @@ def evaluate_model(
                 scores["dataset_id"] = str(source)
             run["tasks"].setdefault(task, {})[name] = scores
     run["n_unreadable"] = sum(s.get("n_unreadable", 0) for t in run["tasks"].values() for s in t.values())
+    run["precision_check"] = None
+    if check_precision > 0 and is_main_process(accelerator):
+        run["precision_check"] = precision_check(model, str(model_id), processor, samples, head_mode,
+                                                 batch_size, device)
     return run
+
+
+def _collect_samples(samples: CheckSamples, task: str, dataset: Any, selo_mode: str) -> None:
+    """Remember a few of ``dataset``'s images and captions for the precision check."""
+    if task == "zsc":
+        from .templates import templates_for
+
+        samples.add_zero_shot(dataset.images, dataset.classnames, templates_for(dataset.name))
+    elif task == "retrieval":
+        samples.add(dataset.images, dataset.captions)
+    elif dataset.queries and len(samples.images) < samples.n:
+        from .selo import read_scene, selo_windows, window_crops
+
+        samples.add(captions=[query.caption for query in dataset.queries])
+        try:
+            scene = read_scene(dataset.queries[0].image, selo_mode)
+            windows = selo_windows(scene.shape[0], scene.shape[1])[: samples.n - len(samples.images)]
+        except (OSError, ValueError) as err:  # the SeLo task itself reports the scene
+            logger.warning("precision check skips SeLo crops: %s", err)
+            return
+        samples.add(window_crops(scene, windows, selo_mode))
+    else:
+        samples.add(captions=[query.caption for query in dataset.queries])
 
 
 def update_card(run: dict[str, Any], card_dir: Path, push_to: str | None) -> Path:
@@ -122,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--selo-mode", default="paper", choices=["paper", "clean"])
     parser.add_argument("--head-mode", default="paper", choices=["paper", "openclip"])
     parser.add_argument("--batch-size", type=int, default=64)
+    add_precision_argument(parser, "fp32", check=True)
     parser.add_argument("--overlay-dir", type=Path, default=None,
                         help="where SeLo heat-map overlays go (default: <output stem>_selo beside --output)")
     parser.add_argument("--no-card", action="store_true", help="do not update the model card's model-index")
@@ -130,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check_precision < 0:
+        parser.error(f"--check-precision must be >= 0, got {args.check_precision}")  # exit 2
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASK_KINDS))
     if unknown:
@@ -146,15 +189,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from accelerate import Accelerator
 
         accelerator = Accelerator()
+        try:
+            resolve_precision(args.precision, accelerator.device)
+        except PrecisionError as err:  # before any model loads: one line, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     overlay_dir = args.overlay_dir or args.output.with_name(args.output.stem + "_selo")
     try:
         runs = load_runs(args.compare)
         fresh = [
             evaluate_model(m, datasets, selo_mode=args.selo_mode, head_mode=args.head_mode,
-                           batch_size=args.batch_size, overlay_dir=overlay_dir, accelerator=accelerator)
+                           batch_size=args.batch_size, overlay_dir=overlay_dir, accelerator=accelerator,
+                           precision=args.precision, check_precision=args.check_precision)
             for m in args.model
         ]
-    except (ModelLoadError, ValueError) as err:  # a bad --model path or --compare file: one line, no traceback
+    except (ModelLoadError, ValueError) as err:  # bad --model/--compare/precision (PrecisionError is a ValueError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not is_main_process(accelerator):

@@ -30,7 +30,14 @@ TASKS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
 
 
 def model_index_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for ``hub.update_model_index``: one per (task, dataset, metric) present in ``results``."""
+    """Rows for ``hub.update_model_index``: one per (task, dataset, metric) present in ``results``.
+
+    Each row records the inference precision in the metric's ``args``; results of a reduced-precision run
+    also carry it in the metric name (``Top-1 accuracy [bf16]``), so they sit beside the fp32 numbers in
+    the card instead of replacing them.
+    """
+    precision = results.get("precision", "fp32")
+    suffix = "" if precision == "fp32" else f" [{precision}]"
     entries = []
     for task, datasets in results.get("tasks", {}).items():
         task_type, task_name, metrics = TASKS[task]
@@ -45,8 +52,9 @@ def model_index_entries(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "dataset_type": scores.get("dataset_id", dataset_name.lower()),
                     "dataset_split": scores.get("split", "test"),
                     "metric_type": metric_type,
-                    "metric_name": metric_name,
+                    "metric_name": metric_name + suffix,
                     "metric_value": round(float(scores[key]), 4),
+                    "metric_args": {"precision": precision},
                 })
     return entries
 
@@ -59,7 +67,8 @@ def _cell(task: str, key: str, value: Any) -> str:
 
 def results_markdown(runs: Sequence[dict[str, Any]]) -> str:
     """One markdown table: a row per (task, dataset, metric), a column per model (``runs[i]["model_name"]``)."""
-    names = [run.get("model_name") or str(run.get("model")) for run in runs]
+    names = [(run.get("model_name") or str(run.get("model")))
+             + ("" if run.get("precision", "fp32") == "fp32" else f" [{run['precision']}]") for run in runs]
     rows: dict[tuple[str, str, str], list[str]] = {}
     for column, run in enumerate(runs):
         for task, datasets in run.get("tasks", {}).items():

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..inference import load_model_or_exit
+from ..inference import add_precision_argument, load_model_or_exit
 from ..metrics import EmbeddingSimilarity, retrieval_recall
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
@@ -47,10 +47,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="folder with the caption JSON and images, or Hub dataset id")
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=int, default=64)
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
-    model, processor = load_model_or_exit(args.model)
+    model, processor = load_model_or_exit(args.model, precision=args.precision)
     dataset = load_eval_dataset(args.data, "retrieval", split=args.split)
-    print(json.dumps(evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size), indent=2))
+    result = evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size)
+    print(json.dumps({"precision": model.inference_precision, **result}, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ per-pixel mean of crop-caption cosine similarities, min-max scaled to 8 bits and
 
 ``mode="paper"`` also repeats the reference's lossy steps, in memory: each crop goes through a JPEG
 (OpenCV, quality 95) and is decoded by PIL, and the 8-bit map goes through a JPEG before scoring.
-``mode="clean"`` skips both. Crops of one scene are embedded once, in batches, and shared by all captions
-on that scene; the per-pixel mean uses summed-area tables instead of per-pixel loops.
+``mode="clean"`` skips both. Crops of one scene are embedded once and shared by all captions on that scene;
+the crops of all scenes stream to the model in full batches, prepared in a helper thread, and heat maps are
+computed in another while the model works; the per-pixel mean uses summed-area tables over window cells.
 
 CLI: ``python -m modeling_georsclip.evaluation.selo --model DIR_OR_HUB_ID --data AIR-SLT_DIR [--mode paper]``
 """
@@ -20,11 +21,13 @@ import argparse
 import io
 import json
 import os
-from collections import defaultdict
-from collections.abc import Sequence
+import threading
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Full, Queue
 from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
@@ -34,7 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..imaging import load_image
-from ..inference import load_model_or_exit
+from ..inference import add_precision_argument, load_model_or_exit
 from ..io import atomic_file
 from ..log import get_logger
 from ..metrics import selo_scores
@@ -100,7 +103,128 @@ def window_crops(scene: np.ndarray, windows: np.ndarray, mode: Mode, crop_size: 
     return crops
 
 
+@dataclass
+class _Scene:
+    """A scene on its way through the crop stream: key, pixels, windows and its embeddings so far."""
+
+    key: Any
+    image: np.ndarray
+    windows: np.ndarray
+    chunks: list[torch.Tensor] = field(default_factory=list)
+    filled: int = 0
+
+
+SceneBatch = tuple[list[_Scene], "torch.Tensor | None", list[tuple[_Scene, int]]]
+
+
+def _crop_batches(scenes: Iterable[tuple[Any, np.ndarray, np.ndarray]], processor: GeoRSCLIPProcessor, mode: Mode,
+                  batch_size: int) -> Iterator[SceneBatch]:
+    """``(scenes started, pixel batch, [(scene, rows in the batch)])``: crops of all scenes in full batches.
+
+    A batch may finish one scene and start the next, so every forward pass but the very last is full.
+    """
+    started: list[_Scene] = []
+    crops: list[Image.Image] = []
+    owners: list[tuple[_Scene, int]] = []
+    for key, image, windows in scenes:
+        scene = _Scene(key, image, windows)
+        started.append(scene)
+        cursor = 0
+        while cursor < len(windows):
+            take = min(batch_size - len(crops), len(windows) - cursor)
+            crops += window_crops(image, windows[cursor : cursor + take], mode)
+            owners.append((scene, take))
+            cursor += take
+            if len(crops) == batch_size:
+                yield started, processor(images=crops, return_tensors="pt")["pixel_values"], owners
+                started, crops, owners = [], [], []
+    if started or crops:
+        yield started, processor(images=crops, return_tensors="pt")["pixel_values"] if crops else None, owners
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _in_background(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced by a helper thread, up to ``depth`` ahead of the consumer.
+
+    Why a thread and not a DataLoader: the work (scene decoding, OpenCV crops and JPEG round trips, PIL
+    resizes, tensor conversion) releases the GIL, so one thread overlaps it with the forward pass without
+    pickling scenes to worker processes. An exception in the thread is raised in the consumer.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as err:  # handed to the consumer, which raises it
+            put(_Failure(err))
+
+    thread = threading.Thread(target=work, name="selo-crops", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+_DONE = object()
+
+
 @torch.no_grad()
+def stream_window_embeddings(
+    model: GeoRSCLIPModel,
+    processor: GeoRSCLIPProcessor,
+    scenes: Iterable[tuple[Any, np.ndarray, np.ndarray]],
+    mode: Mode = "paper",
+    batch_size: int = 32,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[tuple[Any, np.ndarray, np.ndarray, torch.Tensor]]:
+    """``(key, scene, windows, unit-norm crop embeddings)`` for each ``(key, scene, windows)``, in order.
+
+    ``scenes`` is iterated in a helper thread (so it may read scenes lazily from disk); the crops of all
+    scenes reach the model in full batches of ``batch_size`` while the next batch is prepared; the model is
+    loaded once by the caller. ``total`` (crops) only sizes the progress bar.
+    """
+    bar = tqdm(total=total, desc="crops", unit="crop", disable=not progress, leave=False)
+    pending: deque[_Scene] = deque()
+    try:
+        for started, pixels, owners in _in_background(_crop_batches(scenes, processor, mode, batch_size)):
+            pending.extend(started)
+            if pixels is not None:
+                embeds = model.image_embeddings(pixels, batch_size=len(pixels))
+                offset = 0
+                for scene, rows in owners:
+                    scene.chunks.append(embeds[offset : offset + rows])
+                    scene.filled, offset = scene.filled + rows, offset + rows
+                bar.update(len(pixels))
+            while pending and pending[0].filled == len(pending[0].windows):
+                scene = pending.popleft()
+                yield scene.key, scene.image, scene.windows, torch.cat(scene.chunks)
+    finally:
+        bar.close()
+
+
 def embed_windows(
     model: GeoRSCLIPModel,
     processor: GeoRSCLIPProcessor,
@@ -110,26 +234,11 @@ def embed_windows(
     batch_size: int = 32,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Unit-norm embeddings (n_windows, D) of the scene crops, batched through the model in memory.
-
-    The next batch's crops are prepared in a helper thread while the model runs on the current one
-    (OpenCV, PIL and torch release the GIL), so preprocessing hides behind the forward pass.
-    """
-
-    def prepare(start: int) -> torch.Tensor:
-        crops = window_crops(scene, windows[start : start + batch_size], mode)
-        return processor(images=crops, return_tensors="pt")["pixel_values"]
-
-    chunks = []
-    starts = list(range(0, len(windows), batch_size))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, starts[0])
-        for number in tqdm(range(len(starts)), desc="crops", unit="batch", disable=not progress, leave=False):
-            pixels = pending.result()
-            if number + 1 < len(starts):
-                pending = pool.submit(prepare, starts[number + 1])
-            chunks.append(model.image_embeddings(pixels, batch_size=len(pixels)))
-    return torch.cat(chunks)
+    """Unit-norm embeddings (n_windows, D) of one scene's crops (``stream_window_embeddings`` for one scene)."""
+    stream = stream_window_embeddings(model, processor, [(None, scene, windows)], mode, batch_size, progress,
+                                      total=len(windows))
+    (embeds,) = [embeds for *_, embeds in stream]
+    return embeds
 
 
 @dataclass(frozen=True)
@@ -242,7 +351,8 @@ def evaluate_selo(
 ) -> dict[str, Any]:
     """Mean Rsu/Rda/Ras/Rmi over the queries (plus each query's scores); one overlay PNG per query.
 
-    Scenes are sharded across processes; an unreadable scene skips its queries, which are counted.
+    Scenes are sharded across processes; an unreadable scene skips its queries, which are counted. The
+    crops of all scenes and window sizes stream through the model in full batches (``stream_window_embeddings``).
     """
     if mode not in ("paper", "clean"):
         raise ValueError(f"unknown SeLo mode {mode!r}: use 'paper' or 'clean'")
@@ -250,32 +360,44 @@ def evaluate_selo(
     for index, query in enumerate(dataset.queries):
         by_scene[Path(query.image)].append(index)
     scenes = sorted(by_scene)
-    per_query: list[dict[str, Any]] = []
-    unreadable: list[str] = []
     from .common import gather, is_main_process, shard
 
+    mine = [scenes[i] for i in shard(len(scenes), accelerator)]
     main = is_main_process(accelerator)
-    for scene_index in tqdm(shard(len(scenes), accelerator), desc="SeLo scenes", disable=not main):
-        path = scenes[scene_index]
-        try:
-            scene = read_scene(path, mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            logger.warning("skipped unreadable scene: %s", err)
-            unreadable.append(str(err))
-            continue
-        windows = selo_windows(scene.shape[0], scene.shape[1], sizes)
-        crop_embeds = embed_windows(model, processor, scene, windows, mode, batch_size, progress=main)
-        for index in by_scene[path]:
-            query = dataset.queries[index]
-            text = model.text_embeddings([query.caption], processor)[0]
-            heat = mean_heat_map((crop_embeds @ text).numpy(), windows, scene.shape[:2])
-            prob, gray = probability_map(heat, mode)
-            scores = selo_scores(prob, query.regions)
-            per_query.append({"index": index, "image": path.name, "caption": query.caption, **scores})
-            if output_dir is not None:
-                title = f"{query.caption.strip()}  |  Rmi {scores['Rmi']:.3f}"
-                write_overlay(Path(output_dir) / f"selo_{index:04d}_{path.stem}.png", scene, gray,
-                              regions=query.regions, title=title)
+    # one caption at a time, as before: the same numbers as a per-query run (batching pads differently)
+    texts = {i: model.text_embeddings([dataset.queries[i].caption], processor)[0] for p in mine for i in by_scene[p]}
+    unreadable: list[str] = []
+
+    def readable_scenes() -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+        for path in mine:  # runs in the crop thread: decoding the next scene overlaps the model too
+            try:
+                scene = read_scene(path, mode)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                logger.warning("skipped unreadable scene: %s", err)
+                unreadable.append(str(err))
+                continue
+            yield path, scene, selo_windows(scene.shape[0], scene.shape[1], sizes)
+
+    def score_query(index: int, path: Path, scene: np.ndarray, windows: np.ndarray, crop_embeds: torch.Tensor):
+        query = dataset.queries[index]
+        heat = mean_heat_map((crop_embeds @ texts[index]).numpy(), windows, scene.shape[:2])
+        prob, gray = probability_map(heat, mode)
+        scores = selo_scores(prob, query.regions)
+        if output_dir is not None:
+            title = f"{query.caption.strip()}  |  Rmi {scores['Rmi']:.3f}"
+            write_overlay(Path(output_dir) / f"selo_{index:04d}_{path.stem}.png", scene, gray,
+                          regions=query.regions, title=title)
+        return {"index": index, "image": path.name, "caption": query.caption, **scores}
+
+    # Heat maps, scores and overlays of a finished scene's queries run in two more threads while the model
+    # embeds the crops of the next scenes (NumPy and OpenCV release the GIL); the last scene's queries run
+    # side by side.
+    futures = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="selo-maps") as post:
+        stream = stream_window_embeddings(model, processor, readable_scenes(), mode, batch_size, progress=main)
+        for path, scene, windows, crop_embeds in tqdm(stream, total=len(mine), desc="SeLo scenes", disable=not main):
+            futures += [post.submit(score_query, i, path, scene, windows, crop_embeds) for i in by_scene[path]]
+        per_query: list[dict[str, Any]] = [future.result() for future in futures]
     per_query = sorted(gather(per_query, accelerator), key=lambda q: q["index"])
     unreadable = gather(unreadable, accelerator)
     result: dict[str, Any] = {
@@ -298,13 +420,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mode", default="paper", choices=["paper", "clean"])
     parser.add_argument("--output-dir", default=None, help="where to write one heat-map overlay PNG per query")
     parser.add_argument("--batch-size", type=int, default=32)
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
     from .datasets import load_eval_dataset
 
-    model, processor = load_model_or_exit(args.model)
+    model, processor = load_model_or_exit(args.model, precision=args.precision)
     dataset = load_eval_dataset(args.data, "selo")
     result = evaluate_selo(model, processor, dataset, args.mode, batch_size=args.batch_size, output_dir=args.output_dir)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({"precision": model.inference_precision, **result}, indent=2))
 
 
 if __name__ == "__main__":

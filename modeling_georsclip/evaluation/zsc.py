@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..inference import load_model_or_exit
+from ..inference import add_precision_argument, load_model_or_exit
 from ..metrics import accuracy
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
@@ -57,10 +57,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="dataset name (picks the templates); default: folder name")
     parser.add_argument("--mode", default="paper", choices=["paper", "openclip"])
     parser.add_argument("--batch-size", type=int, default=64)
+    add_precision_argument(parser)
     args = parser.parse_args(argv)
-    model, processor = load_model_or_exit(args.model)
+    model, processor = load_model_or_exit(args.model, precision=args.precision)
     dataset = load_eval_dataset(args.data, "classification", name=args.name)
-    print(json.dumps(evaluate_zero_shot(model, processor, dataset, mode=args.mode, batch_size=args.batch_size), indent=2))
+    result = evaluate_zero_shot(model, processor, dataset, mode=args.mode, batch_size=args.batch_size)
+    print(json.dumps({"precision": model.inference_precision, **result}, indent=2))
 
 
 if __name__ == "__main__":
