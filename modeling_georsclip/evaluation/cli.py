@@ -170,6 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation; under accelerate, every process leaves its process group before it exits.
+
+    A non-main process finishes while the main one still writes results; exiting with a live gloo group let
+    its C++ threads die at interpreter shutdown ("terminate called without an active exception", SIGABRT).
+    """
+    try:
+        return _main(argv)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check_precision < 0:
