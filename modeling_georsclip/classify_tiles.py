@@ -43,18 +43,19 @@ from .evaluation.selo import CROP_SIZE
 from .evaluation.templates import RS_TEMPLATES
 from .geo import (
     SceneSource,
+    add_scene_arguments,
     affine_geometry,
     as_scene,
     bounded_gdal_cache,
     embed_scene_windows,
     geojson_document,
     geotiff_profile,
-    parse_int_list,
     read_preview,
     scaled_transform,
+    scene_bands,
     staged_output,
 )
-from .inference import ModelLoadError, PrecisionError, add_precision_argument, load_model
+from .inference import ModelLoadError, PrecisionError, load_model
 from .log import get_logger
 from .modeling import GeoRSCLIPModel
 from .processing import GeoRSCLIPProcessor
@@ -287,18 +288,11 @@ def classify_to_folder(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="GeoRSCLIP zero-shot tile classification of a scene: a land-cover "
                                                  "map from text labels (GeoJSON, GeoTIFF and PNG)")
-    parser.add_argument("--model", required=True, help="model folder or Hub id")
-    parser.add_argument("--scene", required=True, help="raster (GeoTIFF, COG, PNG, JPEG, ...) of any size")
+    add_scene_arguments(parser)
     parser.add_argument("--labels", required=True, help='comma-separated class names, e.g. "airport,farmland"')
     parser.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    parser.add_argument("--bands", default=None, help="1-based bands read as R,G,B (e.g. 4,3,2), or one band")
-    parser.add_argument("--preset", default=None, help="radiometric preset (sentinel2-l2a, landsat-c2l2, naip, "
-                                                       "uint8, percentile, linear:LO,HI); default by dtype")
     parser.add_argument("--min-valid", type=float, default=MIN_VALID,
                         help="cells with a smaller fraction of valid (not nodata) pixels stay unclassified")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", required=True, help="output folder (created; files are added to it)")
-    add_precision_argument(parser, "auto")
     return parser
 
 
@@ -307,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         labels = parse_labels(args.labels)
-        bands = parse_int_list(args.bands, "--bands") if args.bands else None
+        bands = scene_bands(args)
         if args.tile <= 0 or not 0 <= args.min_valid <= 1:
             raise ValueError(f"--tile {args.tile} must be positive and --min-valid {args.min_valid} within 0..1")
         with as_scene(args.scene, bands, args.preset) as scene:

@@ -8,6 +8,7 @@ folder only when every file of the run is complete.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import math
@@ -30,6 +31,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 from tqdm.auto import tqdm
 
+from .inference import add_precision_argument
 from .modeling import GeoRSCLIPModel
 from .processing import GeoRSCLIPProcessor
 from .raster import RasterError, RasterScene, open_scene
@@ -213,6 +215,23 @@ def slugify(text: str, max_length: int = 40) -> str:
     """A file-name-safe lower-case slug of ``text`` ("query" when nothing is left)."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_length].strip("-")
     return slug or "query"
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every scene command shares (model, scene, bands, preset, batch, output, precision)."""
+    parser.add_argument("--model", required=True, help="model folder or Hub id")
+    parser.add_argument("--scene", required=True, help="raster (GeoTIFF, COG, PNG, JPEG, ...) of any size")
+    parser.add_argument("--bands", default=None, help="1-based bands read as R,G,B (e.g. 4,3,2), or one band")
+    parser.add_argument("--preset", default=None, help="radiometric preset (sentinel2-l2a, landsat-c2l2, naip, "
+                                                       "uint8, percentile, linear:LO,HI); default by dtype")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output", required=True, help="output folder (created; files are added to it)")
+    add_precision_argument(parser, "auto")
+
+
+def scene_bands(args: argparse.Namespace) -> list[int] | None:
+    """``--bands`` as 1-based band numbers (None: the reader's default)."""
+    return parse_int_list(args.bands, "--bands") if args.bands else None
 
 
 def parse_int_list(text: str, name: str) -> list[int]:

@@ -152,12 +152,17 @@ def load_model(
     """
     name = str(model)
     net = load_pretrained(name).eval()
-    try:
-        processor = GeoRSCLIPProcessor.from_pretrained(name)
-    except (OSError, ValueError, TypeError) as err:
-        logger.warning("no processor in %s (%s); using the default GeoRSCLIP processor", name, err)
-        processor = GeoRSCLIPProcessor.default(image_size=net.config.vision_config.image_size)
+    processor = load_processor(name, net.config.vision_config.image_size)
     return prepare_for_inference(net, precision, device), processor
+
+
+def load_processor(model: str | os.PathLike, image_size: int, preset: str = "clip") -> GeoRSCLIPProcessor:
+    """The processor saved with a model, or the default GeoRSCLIP one for its image size (and ``preset``)."""
+    try:
+        return GeoRSCLIPProcessor.from_pretrained(str(model))
+    except (OSError, ValueError, TypeError) as err:
+        logger.warning("no processor in %s (%s); using the default GeoRSCLIP processor", model, err)
+        return GeoRSCLIPProcessor.default(image_size=image_size, preset=preset)
 
 
 def load_pretrained(model: str | os.PathLike) -> GeoRSCLIPModel:

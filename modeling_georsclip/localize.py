@@ -55,6 +55,7 @@ from .evaluation.selo import (
 )
 from .geo import (
     SceneSource,
+    add_scene_arguments,
     affine_geometry,
     as_scene,
     block_mean,
@@ -68,10 +69,11 @@ from .geo import (
     read_preview,
     reproject_geometry,
     scaled_transform,
+    scene_bands,
     slugify,
     staged_output,
 )
-from .inference import ModelLoadError, PrecisionError, add_precision_argument, load_model
+from .inference import ModelLoadError, PrecisionError, load_model
 from .log import get_logger
 from .modeling import GeoRSCLIPModel
 from .processing import GeoRSCLIPProcessor
@@ -292,12 +294,8 @@ def localize_to_folder(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="GeoRSCLIP semantic localization: text queries -> georeferenced "
                                                  "probability maps (GeoTIFF), top regions (GeoJSON), overlays (PNG)")
-    parser.add_argument("--model", required=True, help="model folder or Hub id")
-    parser.add_argument("--scene", required=True, help="raster (GeoTIFF, COG, PNG, JPEG, ...) of any size")
+    add_scene_arguments(parser)
     parser.add_argument("--query", action="append", required=True, help="text query; repeat for several")
-    parser.add_argument("--bands", default=None, help="1-based bands read as R,G,B (e.g. 4,3,2), or one band")
-    parser.add_argument("--preset", default=None, help="radiometric preset (sentinel2-l2a, landsat-c2l2, naip, "
-                                                       "uint8, percentile, linear:LO,HI); default by dtype")
     parser.add_argument("--window-sizes", default=",".join(map(str, WINDOW_SIZES)), help="window sizes in pixels")
     parser.add_argument("--map-scale", type=int, default=1, help="write the GeoTIFF N times coarser (default 1)")
     parser.add_argument("--geojson-crs", default=None, help="reproject the GeoJSON, e.g. EPSG:4326 (RFC 7946)")
@@ -305,9 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=THRESHOLD,
                         help="regions are areas at or above this fraction of the map's peak")
     parser.add_argument("--overlay-size", type=int, default=OVERLAY_SIDE, help="longest side of the PNG overlay")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output", required=True, help="output folder (created; files are added to it)")
-    add_precision_argument(parser, "auto")
     return parser
 
 
@@ -316,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         window_sizes = parse_int_list(args.window_sizes, "--window-sizes")
-        bands = parse_int_list(args.bands, "--bands") if args.bands else None
+        bands = scene_bands(args)
         if min(window_sizes) <= 0 or args.map_scale < 1 or args.top_k < 0 or not 0 < args.threshold <= 1:
             raise ValueError("--window-sizes and --map-scale must be positive, --top-k >= 0, 0 < --threshold <= 1")
         geojson_crs = parse_crs(args.geojson_crs) if args.geojson_crs else None

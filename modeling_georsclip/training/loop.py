@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..inference import load_pretrained
+from ..inference import load_pretrained, load_processor
 from ..io import json_digest
 from ..log import get_logger
 from ..modeling import GeoRSCLIPModel
@@ -53,12 +53,7 @@ def load_model(cfg: TrainConfig) -> tuple[GeoRSCLIPModel, GeoRSCLIPProcessor]:
         model = tiny_clip(seed=cfg.seed, image_size=cfg.tiny_image_size)
         return model, GeoRSCLIPProcessor.default(image_size=cfg.tiny_image_size, preset=cfg.normalization)
     model = load_pretrained(cfg.model)  # ModelLoadError naming the path for a missing/corrupt model
-    try:
-        processor = GeoRSCLIPProcessor.from_pretrained(cfg.model)
-    except (OSError, ValueError):
-        logger.info("no processor in %s: using the default GeoRSCLIP processor", cfg.model)
-        processor = GeoRSCLIPProcessor.default(model.config.vision_config.image_size, cfg.normalization)
-    return model, processor
+    return model, load_processor(cfg.model, model.config.vision_config.image_size, cfg.normalization)
 
 
 def model_fingerprint(model, cfg: TrainConfig) -> dict[str, Any]:
