@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..inference import ModelLoadError, PrecisionError, add_precision_argument, resolve_precision
+from ..inference import ModelLoadError, PrecisionError, add_precision_argument, load_model, resolve_precision
 from ..io import write_text_atomic
 from ..log import get_logger
-from .common import is_main_process, load_model
+from .common import is_main_process
 from .datasets import load_eval_dataset
 from .precision_check import CheckSamples, precision_check
 from .results import load_runs, model_index_entries, results_markdown

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..inference import load_model  # noqa: F401  (re-exported: the evaluation tasks load through it)
 from ..log import get_logger
 from ..modeling import GeoRSCLIPModel
 from ..processing import GeoRSCLIPProcessor
