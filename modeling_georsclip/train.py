@@ -16,6 +16,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import leave_process_group
     from .hub import PushError
     from .inference import ModelLoadError
     from .resources import ResourceError, resolve_config
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except PushError as err:  # everything was saved before the push was tried
         print(f"error: {err}", file=sys.stderr)
         return 3
+    finally:
+        leave_process_group()  # also on error paths: a rank exiting with a live gloo group aborts
     return 0
 
 

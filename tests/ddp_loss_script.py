@@ -6,6 +6,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from modeling_georsclip.distributed import leave_process_group
 from modeling_georsclip.testing import tiny_clip
 from modeling_georsclip.training.loss import clip_loss
 
@@ -44,3 +45,4 @@ if __name__ == "__main__":
             tensors["world_size"] = torch.tensor([world])
             tensors["distributed"] = torch.tensor([int(torch.distributed.is_initialized())])
             save_file(tensors, f"{out_dir}/ddp_{mode}.safetensors")
+    leave_process_group()  # rank 1 finishes first; exiting with a live gloo group aborts it

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..distributed import leave_process_group
 from ..inference import ModelLoadError, PrecisionError, add_precision_argument, load_model, resolve_precision
 from ..io import write_text_atomic
 from ..log import get_logger
@@ -172,16 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; under accelerate, every process leaves its process group before it exits.
 
-    A non-main process finishes while the main one still writes results; exiting with a live gloo group let
-    its C++ threads die at interpreter shutdown ("terminate called without an active exception", SIGABRT).
+    See ``distributed.leave_process_group`` for why (a rank exiting with a live gloo group aborts).
     """
     try:
         return _main(argv)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
 
 
 def _main(argv: Sequence[str] | None) -> int:
