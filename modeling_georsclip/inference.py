@@ -104,18 +104,27 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
 
 
 def quantize_int8(model: GeoRSCLIPModel) -> GeoRSCLIPModel:
-    """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (weights int8, activations
-    quantized per batch); embeddings, layer norms and convolutions stay fp32.
+    """A copy of ``model`` whose image tower (``vision_model`` and ``visual_projection``) has every
+    ``nn.Linear`` dynamically quantized to int8 (weights int8, activations quantized per batch); the text
+    tower, embeddings, layer norms and convolutions stay fp32.
+
+    Why the image tower only: it is where the CPU time goes (every crop, tile and image), while captions and
+    class prompts are embedded once per run. Quantizing the text tower too cost caption fidelity (min cosine
+    0.9985 to fp32 on a random ViT-B-32, under the 0.999 the precision guard asks for); the image tower alone
+    stays above it (0.9994) and keeps the int8 speed-up of the runs that matter (SeLo, localize, tiles).
 
     ``torch.ao.quantization.quantize_dynamic`` warns that it is deprecated in favour of torchao, which this
     project does not depend on; it still works in torch 2.14 and is the fastest CPU path measured here, so
     its deprecation warnings are silenced for this one call.
     """
+    qconfig = torch.ao.quantization.default_dynamic_qconfig
+    image_tower = {name: qconfig for name in ("vision_model", "visual_projection")}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        linear_only = {torch.nn.Linear: torch.ao.nn.quantized.dynamic.Linear}  # not the embeddings
+        return torch.ao.quantization.quantize_dynamic(model, image_tower, dtype=torch.qint8, mapping=linear_only)
 
 
 def prepare_for_inference(model: GeoRSCLIPModel, precision: str = "fp32", device: str | torch.device | None = None):
