@@ -10,7 +10,9 @@ from modeling_georsclip.evaluation.fixtures import SAMPLES
 from modeling_georsclip.evaluation.selo import (
     embed_windows,
     evaluate_selo,
+    heat_grid,
     mean_heat_map,
+    probability_map,
     selo_windows,
     stream_window_embeddings,
     window_crops,
@@ -40,6 +42,19 @@ def test_cell_grid_heat_map_is_bit_identical():
     windows = np.array([[10, 60, 5, 35], [0, 20, 0, 70]])  # a strip no window covers stays 0
     heat = mean_heat_map(np.array([1.0, 3.0]), windows, (90, 70))
     assert heat[15, 20] == 2.0 and heat[70, 10] == 0.0 and heat[40, 20] == 1.0
+
+
+def test_probability_map_of_the_cell_grid_equals_the_full_float_map():
+    """evaluate_selo scales the grid's cells to 8 bits; it must give the full map's pixels in both modes."""
+    rng = np.random.default_rng(2)
+    shape = (1565, 1616)
+    windows = selo_windows(*shape)
+    scores = rng.normal(size=len(windows)).astype(np.float32)
+    for mode in ("paper", "clean"):
+        from_grid = probability_map(heat_grid(scores, windows, shape), mode)
+        from_pixels = probability_map(pixel_tables(scores, windows, shape), mode)
+        for grid_array, pixel_array in zip(from_grid, from_pixels, strict=True):
+            np.testing.assert_array_equal(grid_array, pixel_array)
 
 
 class CountingModel(torch.nn.Module):

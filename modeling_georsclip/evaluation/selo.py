@@ -301,9 +301,14 @@ def gray_levels(heat: np.ndarray) -> np.ndarray:
     return np.uint8(255 * (adaptive / peak)) if peak > 0 else np.zeros(heat.shape, np.uint8)
 
 
-def probability_map(heat: np.ndarray, mode: Mode = "paper") -> tuple[np.ndarray, np.ndarray]:
-    """(prob in [0, 1] as scored, 8-bit blurred map for display) from a heat map, as the reference does."""
-    gray = cv2.medianBlur(gray_levels(heat), MEDIAN_KERNEL)
+def probability_map(heat: np.ndarray | HeatGrid, mode: Mode = "paper") -> tuple[np.ndarray, np.ndarray]:
+    """(prob in [0, 1] as scored, 8-bit blurred map for display) from a heat map, as the reference does.
+
+    A HeatGrid is scaled on its cells and painted as 8 bits: the min-max scaling is elementwise and every
+    cell holds at least one pixel, so this equals scaling the full float64 map (8x less memory and time).
+    """
+    levels = heat.expand(gray_levels(heat.cells)) if isinstance(heat, HeatGrid) else gray_levels(heat)
+    gray = cv2.medianBlur(levels, MEDIAN_KERNEL)
     scored = gray
     if mode == "paper":
         ok, encoded = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -380,7 +385,7 @@ def evaluate_selo(
 
     def score_query(index: int, path: Path, scene: np.ndarray, windows: np.ndarray, crop_embeds: torch.Tensor):
         query = dataset.queries[index]
-        heat = mean_heat_map((crop_embeds @ texts[index]).numpy(), windows, scene.shape[:2])
+        heat = heat_grid((crop_embeds @ texts[index]).numpy(), windows, scene.shape[:2])
         prob, gray = probability_map(heat, mode)
         scores = selo_scores(prob, query.regions)
         if output_dir is not None:
