@@ -228,3 +228,19 @@ def test_builder_outlier_filter_precision(tmp_path, capsys):
     assert build_main([*common, "--output", str(tmp_path / "int8"), "--precision", "int8"]) == 0
     report = json.loads((tmp_path / "int8" / "build_reports" / "rs3-train.json").read_text())
     assert report["outlier_precision"] == "int8" and report["rows"] > 0
+
+
+def test_int8_patch_embedding_matches_the_convolution_it_replaces():
+    """The int8 patch embedding is the conv's matmul: same shape (remainder pixels dropped), values within
+    int8 rounding; and quantize_int8 swaps it into the image tower."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 48, kernel_size=16, stride=16, bias=False)
+    pixels = torch.randn(4, 3, 70, 66)  # 70 and 66 are not multiples of 16: the conv drops the remainder
+    with torch.no_grad():
+        expected, got = conv(pixels), inference.Int8PatchEmbedding(conv)(pixels)
+    assert got.shape == expected.shape == (4, 48, 4, 4)
+    # int8 rounding of white-noise input costs ~2 %; a wrong patch layout would cost ~140 %
+    assert float((got - expected).norm() / expected.norm()) < 0.05
+    assert not inference.Int8PatchEmbedding.supports(torch.nn.Conv2d(3, 8, kernel_size=16, stride=8))
+    quantized = prepare_for_inference(tiny_clip(), "int8", "cpu")
+    assert isinstance(quantized.vision_model.embeddings.patch_embedding, inference.Int8PatchEmbedding)
