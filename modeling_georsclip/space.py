@@ -2,7 +2,9 @@
 
 A Space folder is three files: ``README.md`` (Space card; its front matter says ``sdk: gradio``, ``app_file`` and
 which model to serve), ``app.py`` (the same few lines for every Space: read the model from the card, build the
-app of ``modeling_georsclip.demo``) and ``requirements.txt``. The model is named by Hub id, or by a folder path
+app of ``modeling_georsclip.demo``) and ``requirements.txt``; plus, by default, a copy of the installed
+``modeling_georsclip`` package, so that the Space runs before (or without) ``georsclip`` being on PyPI: its
+``requirements.txt`` then lists the package's own dependencies instead of ``georsclip[demo]``. The model is named by Hub id, or by a folder path
 relative to the Space folder, never by an absolute local path (that would point nowhere on the Hub).
 
     write_space("outputs/main/space", "me/GeoRSCLIP-ViT-B-32")          # a Space for a pushed model
@@ -13,7 +15,10 @@ Gradio is not needed to write a Space, only to run it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
+import shutil
 from pathlib import Path
 
 from huggingface_hub import SpaceCard, SpaceCardData
@@ -25,6 +30,8 @@ logger = get_logger(__name__)
 
 MODEL_KEY = "georsclip_model"  # front-matter key app.py reads (``models:`` only accepts Hub ids)
 DEFAULT_REQUIREMENTS = "georsclip[demo]"
+DISTRIBUTION = "georsclip"
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 APP_PY = '''"""GeoRSCLIP demo Space: zero-shot classification, text localization and search (modeling_georsclip.demo).
 
@@ -113,22 +120,50 @@ def _where(reference: str) -> str:
 
 def write_space(
     folder: str | os.PathLike, model: str | os.PathLike, *, title: str = "GeoRSCLIP demo",
-    requirements: str = DEFAULT_REQUIREMENTS,
+    requirements: str | None = None, vendor: bool = True,
 ) -> Path:
     """Write a Space folder (README.md, app.py, requirements.txt) serving ``model``; returns the folder.
 
-    ``model`` is a Hub id or a local model folder (stored relative to ``folder``). The folder is written whole
-    or not at all.
+    ``model`` is a Hub id or a local model folder (stored relative to ``folder``). With ``vendor`` (default)
+    the installed ``modeling_georsclip`` package is copied in and ``requirements.txt`` lists its dependencies,
+    so the Space builds on the Hub without a published ``georsclip``; without it, ``requirements`` (default
+    ``georsclip[demo]``) is the one line. The folder is written whole or not at all.
     """
     folder = Path(folder)
     reference = model_reference(model, folder)
+    if requirements is None:
+        requirements = "\n".join(vendored_requirements()) if vendor else DEFAULT_REQUIREMENTS
     with atomic_dir(folder) as tmp:
         space_card(reference, title, requirements).save(tmp / "README.md")
         (tmp / "app.py").write_text(APP_PY.format(key=MODEL_KEY), encoding="utf-8")
         (tmp / "requirements.txt").write_text(
             f"# gradio itself comes from the Space's sdk_version\n{requirements}\n", encoding="utf-8")
-    logger.info("wrote demo Space for %s to %s", reference, folder)
+        if vendor:
+            shutil.copytree(PACKAGE_DIR, tmp / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    logger.info("wrote demo Space for %s to %s%s", reference, folder, " (package vendored)" if vendor else "")
     return folder
+
+
+def vendored_requirements() -> list[str]:
+    """What a Space holding a copy of the package must pip-install: the distribution's core dependencies
+    and its ``demo`` extra, less gradio (the Space's ``sdk_version`` provides it).
+
+    Read from the installed distribution's metadata, so it is the pyproject's list, not a second copy of it.
+    """
+    try:
+        declared = importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError as err:
+        raise RuntimeError(f"{DISTRIBUTION} is not installed (pip install -e .): its dependencies name what a "
+                           "vendored Space installs; or write the Space with vendor=False") from err
+    wanted = []
+    for line in declared:
+        requirement, _, marker = (part.strip() for part in line.partition(";"))
+        if marker and not re.fullmatch(r'extra\s*==\s*"demo"', marker):
+            continue
+        if re.match(r"gradio([<>=!~\s\[]|$)", requirement):
+            continue
+        wanted.append(requirement)
+    return wanted
 
 
 def space_model(space_dir: str | os.PathLike) -> str:

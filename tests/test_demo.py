@@ -182,13 +182,23 @@ def test_gallery_cache_is_keyed_by_model_and_file(tiny, tiny_dir, tmp_path):
 def test_space_folder_names_the_model_relative_or_by_hub_id(tmp_path):
     model_dir = save_tiny_clip(tmp_path / "out" / "model")
     space = write_space(tmp_path / "out" / "space", model_dir)
-    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "modeling_georsclip", "requirements.txt"]
     card = SpaceCard.load(space / "README.md").data
     assert card.sdk == "gradio" and card.app_file == "app.py" and card.georsclip_model == "../model"
-    assert not any(str(tmp_path) in p.read_text() for p in space.iterdir())  # never an absolute local path
+    assert not any(str(tmp_path) in p.read_text() for p in space.iterdir() if p.is_file())  # no absolute path
     assert Path(space_model(space)).resolve() == model_dir.resolve()
-    assert "georsclip[demo]" in (space / "requirements.txt").read_text()
     compile((space / "app.py").read_text(), "app.py", "exec")
+    # the package is vendored (georsclip is not on PyPI yet): requirements are its dependencies, not itself
+    requirements = (space / "requirements.txt").read_text()
+    assert "georsclip" not in requirements and "transformers" in requirements and "rasterio" in requirements
+    assert not any(line.startswith("gradio") and not line.startswith("gradio_client")
+                   for line in requirements.splitlines())  # gradio comes from the Space's sdk_version
+    vendored = space / "modeling_georsclip"
+    assert (vendored / "demo.py").is_file() and (vendored / "samples" / "rs-samples").is_dir()
+    assert (vendored / "tokenizer_data").is_dir() and not list(vendored.rglob("__pycache__"))
+    plain = write_space(tmp_path / "plain", "me/GeoRSCLIP-B-32", vendor=False)
+    assert "georsclip[demo]" in (plain / "requirements.txt").read_text()
+    assert not (plain / "modeling_georsclip").exists()
 
     hub = SpaceCard.load(write_space(tmp_path / "hub-space", "me/GeoRSCLIP-B-32") / "README.md").data
     assert hub.models == ["me/GeoRSCLIP-B-32"] and hub.georsclip_model == "me/GeoRSCLIP-B-32"
@@ -197,7 +207,7 @@ def test_space_folder_names_the_model_relative_or_by_hub_id(tmp_path):
 
 def test_repo_space_is_what_write_space_writes(tmp_path):
     """spaces/georsclip-demo is generated (so it never drifts from the main job's Spaces)."""
-    fresh = write_space(tmp_path / "space", "GeoRSCLIP-ViT-B-32")
+    fresh = write_space(tmp_path / "space", "GeoRSCLIP-ViT-B-32", vendor=False)  # no second package copy in git
     repo = ROOT / "spaces" / "georsclip-demo"
     for name in ("README.md", "app.py", "requirements.txt"):
         drop_version = lambda text: "\n".join(  # noqa: E731 - CI may install another gradio
@@ -213,8 +223,9 @@ def test_main_job_hook_writes_and_lists_the_space(tmp_path, caplog):
     assert space == out / "space"
     assert SpaceCard.load(space / "README.md").data.georsclip_model == "me/georsclip-demo"
     listing = caplog.text
-    assert "dry run: would upload 3 files" in listing and "space repo me/georsclip-demo-demo" in listing
-    for name in ("README.md", "app.py", "requirements.txt"):
+    files = sum(1 for p in space.rglob("*") if p.is_file())
+    assert f"dry run: would upload {files} files" in listing and "space repo me/georsclip-demo-demo" in listing
+    for name in ("README.md", "app.py", "requirements.txt", "modeling_georsclip/demo.py"):
         assert f"  {name}" in listing
     local = write_main_space(tmp_path / "local", save_tiny_clip(tmp_path / "local" / "model"), None, dry_run=False)
     assert SpaceCard.load(local / "README.md").data.georsclip_model == "../model"
@@ -420,14 +431,19 @@ def test_browser_runs_every_tab_and_shows_bad_input_messages(served, bad_files, 
 
 @pytest.mark.slow
 def test_space_app_py_serves_the_model_it_names(tmp_path):
-    """The Space as the Hub runs it: `python app.py` in the folder write_space wrote, model found via README."""
+    """The Space as the Hub runs it: `python app.py` in the folder write_space wrote, model found via README,
+    the package imported from the Space's own copy."""
     from gradio_client import Client, handle_file
 
     out = tmp_path / "out"
     save_tiny_clip(out / "model", image_size=32)
     space = write_space(out / "space", out / "model")
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as on the Hub: no checkout on the path
+    where = subprocess.run([sys.executable, "-c", "import modeling_georsclip; print(modeling_georsclip.__file__)"],
+                           cwd=space, capture_output=True, text=True, env=bare)
+    assert Path(where.stdout.strip()).resolve() == (space / "modeling_georsclip" / "__init__.py").resolve(), where
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+    env = {**bare, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "GEORSCLIP_CACHE": str(tmp_path / "cache")}
     env.pop("GEORSCLIP_MODEL", None)
     log = (tmp_path / "space.log").open("w")
