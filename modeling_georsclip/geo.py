@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import io
 import math
 import os
@@ -65,6 +67,28 @@ def as_scene(source: SceneSource, bands: Sequence[int] | None = None, preset: st
         yield scene
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own symbols, libc's included
+    except (OSError, TypeError):  # Windows: CDLL(None) is not supported
+        return None
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+
+    Why by hand (no library does it): each batch allocates ~20 MB pixel tensors in the reader thread and
+    activations in the main thread; glibc's adaptive mmap threshold soon serves such blocks from its heaps,
+    where freed blocks fragment and stay resident. On a 10,000 px scene with ViT-B-32 that grew RSS by ~1.4 GiB
+    over a run; trimming after every batch keeps the growth near the live working set, at no measurable cost.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def read_window(scene: RasterScene, window: Sequence[int], crop_size: int) -> Image.Image:
     """Window ``(row0, row1, col0, col1)`` of ``scene`` resampled to ``crop_size`` squared, as RGB."""
     row0, row1, col0, col1 = (int(v) for v in window)
@@ -105,6 +129,8 @@ def embed_scene_windows(
                 pending = pool.submit(prepare, starts[number + 1])
             chunks.append(model.image_embeddings(pixels, batch_size=len(pixels)))
             bar.update(len(pixels))
+            del pixels
+            release_free_heap()
     return torch.cat(chunks)
 
 
