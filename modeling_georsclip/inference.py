@@ -141,7 +141,7 @@ class Int8PatchEmbedding(torch.nn.Module):
         return embeds.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)  # (B, D, rows, cols), as the conv
 
 
-def quantize_int8(model: GeoRSCLIPModel) -> GeoRSCLIPModel:
+def quantize_int8(model: GeoRSCLIPModel, inplace: bool = False) -> GeoRSCLIPModel:
     """A copy of ``model`` whose image tower (``vision_model`` and ``visual_projection``) has every
     ``nn.Linear``, and its patch-embedding convolution, dynamically quantized to int8 (weights int8,
     activations quantized per batch); the text tower, position embeddings and layer norms stay fp32.
@@ -153,7 +153,8 @@ def quantize_int8(model: GeoRSCLIPModel) -> GeoRSCLIPModel:
 
     ``torch.ao.quantization.quantize_dynamic`` warns that it is deprecated in favour of torchao, which this
     project does not depend on; it still works in torch 2.14 and is the fastest CPU path measured here, so
-    its deprecation warnings are silenced for this one call.
+    its deprecation warnings are silenced for this one call. ``inplace`` quantizes ``model`` itself instead of
+    a copy (no second fp32 model in memory: 4 GB for ViT-H-14).
     """
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     image_tower = {name: qconfig for name in ("vision_model", "visual_projection")}
@@ -162,20 +163,23 @@ def quantize_int8(model: GeoRSCLIPModel) -> GeoRSCLIPModel:
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated.*")
         linear_only = {torch.nn.Linear: torch.ao.nn.quantized.dynamic.Linear}  # not the embeddings
-        quantized = torch.ao.quantization.quantize_dynamic(model, image_tower, dtype=torch.qint8, mapping=linear_only)
+        quantized = torch.ao.quantization.quantize_dynamic(model, image_tower, dtype=torch.qint8, mapping=linear_only,
+                                                           inplace=inplace)
         embeddings = quantized.vision_model.embeddings
         if Int8PatchEmbedding.supports(embeddings.patch_embedding):
             embeddings.patch_embedding = Int8PatchEmbedding(embeddings.patch_embedding)
     return quantized
 
 
-def prepare_for_inference(model: GeoRSCLIPModel, precision: str = "fp32", device: str | torch.device | None = None):
+def prepare_for_inference(model: GeoRSCLIPModel, precision: str = "fp32", device: str | torch.device | None = None,
+                          *, inplace: bool = False):
     """Turn a loaded fp32 model into its inference form for ``precision`` on ``device``; returns the model.
 
     fp32: the model as is. bf16/fp16: weights stay fp32 and ``image_embeddings``/``text_embeddings`` run
     under ``torch.autocast`` (matmuls in 16 bit, norms and softmax in fp32: on CPU the fast path, on GPU
     within a few percent of a full cast); the model is changed in place, as by ``.to()``. int8 (CPU): a
-    quantized copy (the fp32 model is left as it was). ``model.inference_precision`` says
+    quantized copy (the fp32 model is left as it was), or ``model`` itself quantized with ``inplace=True``
+    (what ``load_model`` does: no second fp32 copy in memory). ``model.inference_precision`` says
     what runs; PrecisionError (naming precision and device) if the device cannot run it.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -185,7 +189,7 @@ def prepare_for_inference(model: GeoRSCLIPModel, precision: str = "fp32", device
         raise PrecisionError(f"this model was quantized to int8; load it again to run it in {resolved}")
     model = model.to(device).eval()
     if resolved == "int8" and current != "int8":
-        model = quantize_int8(model)
+        model = quantize_int8(model, inplace=inplace)
     model.inference_precision = resolved
     if precision == "auto":
         logger.info("precision auto -> %s on %s", resolved, _device_name(device))
@@ -204,7 +208,7 @@ def load_model(
     name = str(model)
     net = load_pretrained(name).eval()
     processor = load_processor(name, net.config.vision_config.image_size)
-    return prepare_for_inference(net, precision, device), processor
+    return prepare_for_inference(net, precision, device, inplace=True), processor  # nobody else holds ``net``
 
 
 def load_processor(model: str | os.PathLike, image_size: int, preset: str = "clip") -> GeoRSCLIPProcessor:

@@ -244,3 +244,15 @@ def test_int8_patch_embedding_matches_the_convolution_it_replaces():
     assert not inference.Int8PatchEmbedding.supports(torch.nn.Conv2d(3, 8, kernel_size=16, stride=8))
     quantized = prepare_for_inference(tiny_clip(), "int8", "cpu")
     assert isinstance(quantized.vision_model.embeddings.patch_embedding, inference.Int8PatchEmbedding)
+
+
+def test_load_model_quantizes_in_place_and_prepare_keeps_the_caller_model(tmp_path):
+    """load_model owns its model, so int8 replaces it (no second fp32 copy); prepare_for_inference copies."""
+    model = tiny_clip()
+    assert prepare_for_inference(model, "int8", "cpu") is not model
+    assert type(model.vision_model.encoder.layers[0].mlp.fc1) is torch.nn.Linear  # the caller's model untouched
+    same = tiny_clip()
+    assert prepare_for_inference(same, "int8", "cpu", inplace=True) is same
+    assert isinstance(same.vision_model.encoder.layers[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
+    loaded, _ = load_model(save_tiny_clip(tmp_path / "tiny"), precision="int8")
+    assert isinstance(loaded.vision_model.encoder.layers[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
