@@ -126,3 +126,27 @@ def test_processor_accepts_every_real_image_as_path_bytes_and_pil(transforms):
     with Image.open(path) as image:
         from_pil = processor(images=image, return_tensors="pt")["pixel_values"]
     assert torch.equal(from_path, from_bytes) and torch.equal(from_path, from_pil)
+
+
+def test_table_lookup_equals_stock_transformers_bit_for_bit():
+    """Rescale + normalize of 8-bit pixels by table lookup gives stock CLIPImageProcessorPil's floats exactly
+    (every preset, odd sizes, a grey image), and non-8-bit input still takes transformers' own path."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from modeling_georsclip.processing import NORMALIZATION_PRESETS, make_image_processor
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+              [(256, 256), (300, 500), (224, 224), (96, 1000)]]
+    images.append(Image.fromarray(rng.integers(0, 256, (230, 230), dtype=np.uint8)).convert("RGB"))
+    for preset, (mean, std) in NORMALIZATION_PRESETS.items():
+        ours = make_image_processor(224, preset)(images=images, return_tensors="np")["pixel_values"]
+        stock = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+                                      image_mean=list(mean), image_std=list(std))
+        np.testing.assert_array_equal(ours, stock(images=images, return_tensors="np")["pixel_values"], preset)
+    floats = rng.random((3, 224, 224)).astype(np.float32)  # channel-first float input: no table
+    stock = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    for rescale in (True, False):
+        ours = make_image_processor(224)(images=[floats], do_rescale=rescale, return_tensors="np")["pixel_values"]
+        theirs = stock(images=[floats], do_rescale=rescale, return_tensors="np")["pixel_values"]
+        np.testing.assert_array_equal(ours, theirs)
