@@ -39,6 +39,7 @@ NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, 
 }
 
 _WHITESPACE = re.compile(r"\s+")
+_PIXEL_TABLES: dict[tuple, np.ndarray] = {}  # OpenCLIPImageProcessor._pixel_table, by (channels, scale, mean, std)
 
 
 def clean_text(text: str) -> str:
@@ -107,12 +108,12 @@ class OpenCLIPImageProcessor(CLIPImageProcessorPil):
 
     def _pixel_table(self, channels: int, scale: float, mean: Any, std: Any) -> np.ndarray:
         """(channels, 256) float32: what ``normalize(rescale(v))`` gives for each channel and 8-bit value."""
+        # kept outside the instance: its __dict__ is what to_dict()/save_pretrained() serialize
         key = (channels, float(scale), tuple(np.ravel(mean).tolist()), tuple(np.ravel(std).tolist()))
-        cache = self.__dict__.setdefault("_pixel_tables", {})
-        if key not in cache:
+        if key not in _PIXEL_TABLES:
             ramp = np.broadcast_to(np.arange(256, dtype=np.uint8), (channels, 1, 256)).copy()  # channel-first
-            cache[key] = self.normalize(self.rescale(ramp, scale), mean, std)[:, 0, :]
-        return cache[key]
+            _PIXEL_TABLES[key] = self.normalize(self.rescale(ramp, scale), mean, std)[:, 0, :]
+        return _PIXEL_TABLES[key]
 
 
 def make_image_processor(image_size: int = 224, preset: str = "clip") -> OpenCLIPImageProcessor:

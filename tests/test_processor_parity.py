@@ -150,3 +150,12 @@ def test_table_lookup_equals_stock_transformers_bit_for_bit():
         ours = make_image_processor(224)(images=[floats], do_rescale=rescale, return_tensors="np")["pixel_values"]
         theirs = stock(images=[floats], do_rescale=rescale, return_tensors="np")["pixel_values"]
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_saved_processor_config_is_unchanged_by_the_lookup_tables(tmp_path):
+    processor = GeoRSCLIPProcessor.default(224)
+    before = processor.image_processor.to_json_string()
+    processor(images=[Image.new("RGB", (300, 260), (10, 200, 30))], return_tensors="pt")
+    assert processor.image_processor.to_json_string() == before  # no cache leaks into what is saved
+    processor.save_pretrained(tmp_path)
+    assert GeoRSCLIPProcessor.from_pretrained(tmp_path).image_processor.to_dict() == processor.image_processor.to_dict()
