@@ -250,7 +250,7 @@ def write_geoparquet(features: list[dict[str, Any]], crs: CRS | None, path: Path
     try:
         import geopandas
     except ImportError:
-        logger.info("geopandas is not installed: no GeoParquet (pip install geopandas)")
+        logger.info("geopandas is not installed: no GeoParquet (pip install \"georsclip[geo]\")")
         return False
     frame = geopandas.GeoDataFrame.from_features(features, crs=crs.to_wkt() if crs else None)
     frame.to_parquet(path)

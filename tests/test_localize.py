@@ -188,6 +188,17 @@ def test_classify_tiles_outputs(tiny, tmp_path, capsys):
     assert colours[0][:3] != colours[1][:3]
     assert Image.open(out / "classes.png").width > 791  # scene plus legend
 
+    import geopandas  # the `geo` extra, part of `test`: the GeoParquet twin of tiles.geojson is written and read back
+
+    frame = geopandas.read_parquet(out / "tiles.parquet")
+    assert summary["files"] == ["tiles.geojson", "tiles.parquet", "classes.tif", "classes.png"]
+    assert frame.crs.to_epsg() == 32618 and len(frame) == summary["classified"]
+    assert list(frame["label"]) == [f["properties"]["label"] for f in document["features"]]
+    left, bottom, right, top = frame.total_bounds
+    points = geojson_points(document)
+    assert (left, right) == pytest.approx((points[:, 0].min(), points[:, 0].max()))
+    assert (bottom, top) == pytest.approx((points[:, 1].min(), points[:, 1].max()))
+
 
 def test_classify_skips_nodata_cells(model_and_processor, tmp_path):
     model, processor = model_and_processor
