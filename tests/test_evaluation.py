@@ -17,7 +17,7 @@ from modeling_georsclip.evaluation import cli
 from modeling_georsclip.evaluation.datasets import load_eval_dataset
 from modeling_georsclip.evaluation.fixtures import make_eval_fixture
 from modeling_georsclip.evaluation.retrieval import evaluate_retrieval
-from modeling_georsclip.evaluation.selo import mean_heat_map, probability_map, selo_windows, window_crops
+from modeling_georsclip.evaluation.selo import heat_grid, probability_map, selo_windows, window_crops
 from modeling_georsclip.testing import save_tiny_clip
 
 from conftest import ROOT, SAMPLES, subprocess_env
@@ -67,7 +67,7 @@ def test_heat_map_is_the_per_pixel_mean():
     for (r0, r1, c0, c1), s in zip(windows, scores, strict=True):
         total[r0:r1, c0:c1] += s
         count[r0:r1, c0:c1] += 1
-    np.testing.assert_allclose(mean_heat_map(scores, windows, (h, w)), total / count, atol=1e-12)
+    np.testing.assert_allclose(heat_grid(scores, windows, (h, w)).expand(), total / count, atol=1e-12)
 
 
 def test_paper_mode_adds_only_small_jpeg_losses():

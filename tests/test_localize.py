@@ -15,7 +15,7 @@ from PIL import Image
 from rasterio.transform import Affine
 
 from modeling_georsclip import classify_tiles, localize
-from modeling_georsclip.evaluation.selo import heat_grid, mean_heat_map, probability_map, selo_windows
+from modeling_georsclip.evaluation.selo import heat_grid, probability_map, selo_windows
 from modeling_georsclip.inference import load_model
 from modeling_georsclip.localize import HeatMap, localize_scene
 from modeling_georsclip.testing import save_tiny_clip
@@ -60,7 +60,7 @@ def test_strip_wise_map_equals_selo_full_size_map(monkeypatch):
     shape = (718, 791)
     windows = selo_windows(*shape, sizes=(256, 512))
     scores = np.random.default_rng(0).normal(size=len(windows)).astype(np.float32)
-    expected = probability_map(mean_heat_map(scores, windows, shape), "clean")[0]
+    expected = probability_map(heat_grid(scores, windows, shape).expand(), "clean")[0]
     heat = HeatMap("q", heat_grid(scores, windows, shape), None, Affine.identity(), windows, scores)
     monkeypatch.setattr(localize, "_strip_rows", lambda width, *factors: 96)  # strips thinner than the kernel
     np.testing.assert_array_equal(heat.probability(), expected.astype(np.float32))

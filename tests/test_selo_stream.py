@@ -11,7 +11,6 @@ from modeling_georsclip.evaluation.selo import (
     embed_windows,
     evaluate_selo,
     heat_grid,
-    mean_heat_map,
     probability_map,
     selo_windows,
     stream_window_embeddings,
@@ -38,9 +37,9 @@ def test_cell_grid_heat_map_is_bit_identical():
     for shape in ((1565, 1616), (900, 700)):
         windows = selo_windows(*shape)
         scores = rng.normal(size=len(windows)).astype(np.float32)
-        np.testing.assert_array_equal(mean_heat_map(scores, windows, shape), pixel_tables(scores, windows, shape))
+        np.testing.assert_array_equal(heat_grid(scores, windows, shape).expand(), pixel_tables(scores, windows, shape))
     windows = np.array([[10, 60, 5, 35], [0, 20, 0, 70]])  # a strip no window covers stays 0
-    heat = mean_heat_map(np.array([1.0, 3.0]), windows, (90, 70))
+    heat = heat_grid(np.array([1.0, 3.0]), windows, (90, 70)).expand()
     assert heat[15, 20] == 2.0 and heat[70, 10] == 0.0 and heat[40, 20] == 1.0
 
 

@@ -289,11 +289,6 @@ def heat_grid(scores: np.ndarray, windows: np.ndarray, shape: tuple[int, int]) -
     return HeatGrid(row_edges, col_edges, sums / np.maximum(counts, 1))
 
 
-def mean_heat_map(scores: np.ndarray, windows: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Per-pixel mean of the window scores over the windows covering each pixel (full-size array)."""
-    return heat_grid(scores, windows, shape).expand()
-
-
 def gray_levels(heat: np.ndarray) -> np.ndarray:
     """The reference's min-max scaling of a heat map (or of a HeatGrid's cells) to 8 bits, before the blur."""
     adaptive = heat - heat.min()
