@@ -82,8 +82,9 @@ class OpenCLIPImageProcessor(CLIPImageProcessorPil):
 
         Why: both are elementwise, so on uint8 pixels their result is a function of (channel, value); the
         table is computed by transformers' own ``rescale``/``normalize`` on a 0..255 ramp, so the lookup is
-        bit-identical to calling them, and about 5x cheaper (they make several float64 passes per image).
-        That was a third of the preprocessing time of every crop, tile and training image.
+        bit-identical to calling them, and several times cheaper (they make several float64 passes per image).
+        That was a third of the processor's time per image (evaluation, SeLo and localize crops, tiles, the
+        demo); the training loader normalises with torchvision instead.
         """
         if not (do_rescale and do_normalize) or do_pad:
             return super()._preprocess(images, do_resize, size, resample, do_center_crop, crop_size, do_rescale,

@@ -4,8 +4,9 @@ A Space folder is three files: ``README.md`` (Space card; its front matter says 
 which model to serve), ``app.py`` (the same few lines for every Space: read the model from the card, build the
 app of ``modeling_georsclip.demo``) and ``requirements.txt``; plus, by default, a copy of the installed
 ``modeling_georsclip`` package, so that the Space runs before (or without) ``georsclip`` being on PyPI: its
-``requirements.txt`` then lists the package's own dependencies instead of ``georsclip[demo]``. The model is named by Hub id, or by a folder path
-relative to the Space folder, never by an absolute local path (that would point nowhere on the Hub).
+``requirements.txt`` then lists the package's own dependencies instead of ``georsclip[demo]``. The model is
+named by Hub id, or by a folder path relative to the Space folder, never by an absolute local path (that would
+point nowhere on the Hub).
 
     write_space("outputs/main/space", "me/GeoRSCLIP-ViT-B-32")          # a Space for a pushed model
     push_folder("outputs/main/space", "me/GeoRSCLIP-ViT-B-32-demo", repo_type="space")
