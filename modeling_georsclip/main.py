@@ -244,7 +244,9 @@ def print_summary(out: Path, model_dir: Path, results: Path, timings: dict[str, 
         lines += [table.read_text(encoding="utf-8").strip(), ""]
     lines.append(check)
     lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    pictures = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if "work" not in p.relative_to(out).parts)
+    # the job's own pictures: not its scratch folder, nor the sample images inside the Space's package copy
+    pictures = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")
+                      if p.relative_to(out).parts[0] not in ("work", "space"))
     lines += [
         "", f"output folder: {out}",
         f"  model (plain CLIP, loads with transformers.CLIPModel / pipeline): {model_dir.relative_to(out)}/",
@@ -252,6 +254,7 @@ def print_summary(out: Path, model_dir: Path, results: Path, timings: dict[str, 
         f"  results: {results.relative_to(out)} and {table.relative_to(out)}",
         "  dataset card and shards: dataset/README.md, dataset/data/" if (out / "dataset").exists() else "",
         "  pictures: " + ", ".join(pictures),
+        "  demo Space (app, card, package copy): space/" if (out / "space").exists() else "",
     ]
     print("\n".join(line for line in lines if line is not None))
 

@@ -47,6 +47,7 @@ def test_output_folder_holds_checkpoint_card_results_and_pictures(main_job):
     assert {"zsc", "retrieval", "selo"} <= set(runs[0]["tasks"])
     assert "Rmi" in (out / "results.md").read_text() and "Rmi" in stdout
     assert "pictures: model/training_curves.png, selo/" in stdout  # the summary lists the pictures
+    assert "space/modeling_georsclip" not in stdout and "demo Space (app, card, package copy): space/" in stdout
     curves = Image.open(model / "training_curves.png")
     assert curves.format == "PNG" and curves.width > 400
     overlays = sorted((out / "selo" / "model" / "AIR-SLT-mini").glob("*.png"))
